@@ -1,0 +1,15 @@
+"""Shared fixtures. Every test runs with its own LOCALDISTIL_HOME, so no test writes into the
+repository or the user's home directory."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def localdistil_home(tmp_path, monkeypatch):
+    """Point the model cache and every other piece of user state at a temporary directory."""
+    home = tmp_path / "localdistil-home"
+    monkeypatch.setenv("LOCALDISTIL_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home
