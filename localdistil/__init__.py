@@ -1,0 +1,47 @@
+"""localdistil: distil a Python function that returns a Pydantic model into a small open model
+that runs on your own hardware.
+
+    trace (@Instructions.distil) -> records (JSONL) -> dataset -> train (LoRA) -> dispatch
+
+Importing localdistil is cheap: torch, transformers and friends are imported only by the
+functions that train or generate.
+"""
+
+from .errors import (
+    AdapterError,
+    AdapterMismatchError,
+    DatasetError,
+    DecorationError,
+    DispatchError,
+    LocaldistilError,
+    ModelError,
+    RecipeError,
+    RecordError,
+    TraceError,
+    TraceWarning,
+)
+from .instructions import Instructions
+from .records import Record, RecordSet, read_records
+from .spec import FunctionSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterError",
+    "AdapterMismatchError",
+    "DatasetError",
+    "DecorationError",
+    "DispatchError",
+    "FunctionSpec",
+    "Instructions",
+    "LocaldistilError",
+    "ModelError",
+    "RecipeError",
+    "Record",
+    "RecordError",
+    "RecordSet",
+    "TraceError",
+    "TraceWarning",
+    "__version__",
+    "read_records",
+]

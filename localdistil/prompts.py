@@ -1,0 +1,100 @@
+"""Every piece of text the model reads or writes is produced here, and only here.
+
+The dataset builder and dispatch call the same functions with the same style, so the tokens a
+model was trained on are exactly the tokens it sees when it answers. The style and
+:data:`PROMPT_VERSION` are recorded in the adapter manifest.
+
+Styles:
+
+``full``
+    instructor's wording: ``Predict the results of this function:`` followed by the signature
+    and docstring, then ``Return fn(a=133, b=539)``. Trace files are written in this style so
+    they read well and work with tools that expect instructor's files.
+``compact`` (the default for training and dispatch)
+    a short fixed system line and the call alone. A fine-tuned model does not need the
+    signature or schema (the grammar enforces the schema), and every prompt token saved is
+    saved again at every dispatch.
+
+A call is rendered canonically, ``fn(a=133, b=539)``: every argument by keyword, in signature
+order, values as compact JSON with sorted object keys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from .spec import canonical_json
+
+PromptStyle = Literal["compact", "full"]
+
+#: Every style ``render_messages`` accepts.
+PROMPT_STYLES: tuple[str, ...] = ("compact", "full")
+
+#: Bumped whenever the text of any style changes: adapters record it, dispatch checks it.
+PROMPT_VERSION = 1
+
+FULL_SYSTEM_HEADER = "Predict the results of this function:"
+COMPACT_SYSTEM = "Reply with the JSON result of the call."
+
+
+def render_call(name: str, args: Mapping[str, Any]) -> str:
+    """``fn(a=133, b=539)``: the canonical text of a call with JSON-compatible arguments."""
+    rendered = ", ".join(f"{key}={canonical_json(value)}" for key, value in args.items())
+    return f"{name}({rendered})"
+
+
+def render_function(signature: str, doc: str | None) -> str:
+    """The signature followed by the docstring in triple quotes, as instructor shows it."""
+    if not doc:
+        return signature
+    return f'{signature}\n"""\n{doc}\n"""'
+
+
+def render_messages(
+    *,
+    name: str,
+    args: Mapping[str, Any],
+    style: str = "compact",
+    signature: str | None = None,
+    doc: str | None = None,
+    source: str | None = None,
+) -> list[dict[str, str]]:
+    """The prompt for one call: a system and a user message.
+
+    Args:
+        name: the function's prompt name.
+        args: the bound, JSON-compatible arguments.
+        style: one of :data:`PROMPT_STYLES`.
+        signature: the rendered signature (``full`` style needs it).
+        doc: the docstring (``full`` style shows it).
+        source: the function's source code, shown instead of the signature in the ``full``
+            style when tracing with ``include_code_body=True``.
+
+    Raises:
+        ValueError: unknown style, or ``full`` without a signature.
+    """
+    call = render_call(name, args)
+    if style == "compact":
+        return [
+            {"role": "system", "content": COMPACT_SYSTEM},
+            {"role": "user", "content": call},
+        ]
+    if style == "full":
+        if signature is None and source is None:
+            raise ValueError(f"The 'full' prompt style needs the signature of {name}.")
+        body = source if source is not None else render_function(signature or "", doc)
+        return [
+            {"role": "system", "content": f"{FULL_SYSTEM_HEADER}\n\n{body}"},
+            {"role": "user", "content": f"Return {call}"},
+        ]
+    raise ValueError(f"Unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}.")
+
+
+def render_completion(output: Mapping[str, Any]) -> str:
+    """The canonical compact JSON of an output, keys in schema order, no whitespace.
+
+    This is the text training teaches and the only form the dispatch grammar accepts.
+    """
+    return json.dumps(output, ensure_ascii=False, separators=(",", ":"))
