@@ -1,0 +1,419 @@
+"""The training recipe: a YAML file validated into a :class:`Recipe`.
+
+A recipe starts with a comment giving the command that runs it::
+
+    # python -m localdistil train recipes/three_digit_multiply.yaml
+    model: smollm2-135m
+    data:
+      train: [traces/three_digit_multiply.jsonl]   # files or globs of records
+      function: multiply                            # optional filter when files hold several
+      eval_fraction: 0.1                            # or a separate eval file
+    lora: {r: 16, alpha: 32, dropout: 0.05, target_modules: all-linear}
+    train: {epochs: 3, max_steps: null, batch_size: 8, learning_rate: 2.0e-4, max_length: 256}
+    output: {dir: runs/three_digit_multiply}
+
+Every key is documented where it is declared (``Field(description=...)``); only ``model`` and
+``data.train`` are required. Unknown keys are errors that suggest the nearest valid key, and a
+key given twice in one mapping is an error too (plain YAML would silently keep the last).
+``key=value`` overrides change one field without editing the file; values are parsed as YAML, so
+``train.max_steps=20``, ``train.max_steps=null`` and ``lora.target_modules=[q_proj,v_proj]`` work.
+
+Cross-field rules (each error names every key involved): ``data.eval`` with a non-zero
+``data.eval_fraction`` is rejected (hold out data one way); ``train.quantization: 4bit`` needs
+``train.precision`` other than fp32; ``train.eval_steps`` needs held-out data. ``train.packing``
+with ``train.padding_free`` is allowed (TRL packs into padding-free batches).
+
+Relative paths in a recipe (``data.train``, ``data.eval``, ``output.dir``, a local ``model``)
+are resolved against the current working directory when they are used, not against the
+recipe's own directory (as in torchtune): run the command from the project root.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import glob
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints,
+                      ValidationError, field_validator, model_validator)
+
+from localdistil.errors import RecipeError
+
+__all__ = ["DataSection", "LoraSection", "OutputSection", "Recipe", "TrainSection",
+           "load_recipe", "parse_recipe", "resolve_data_files"]
+
+_Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+_Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                     "constant_with_warmup", "inverse_sqrt"]
+
+
+class _CheckFailed(ValueError):
+    """A check failed on ``key`` (a dotted YAML key); the message names every key involved."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(message)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSection(_Section):
+    """``data:`` which records to train on and how they become training examples."""
+
+    train: list[_Text] = Field(min_length=1, description=(
+        "trace files (JSONL records) or globs, e.g. [traces/*.jsonl]; one string is accepted"))
+    eval: list[_Text] | None = Field(None, min_length=1, description=(
+        "separate held-out files or globs; then nothing is split off data.train"))
+    function: _Text | None = Field(None, description=(
+        "keep only this function's records (name or module:name) when files hold several"))
+    eval_fraction: float = Field(0.1, ge=0, le=0.5, description=(
+        "fraction of the records held out, 0 to 0.5 (0 = none); 0 when data.eval is given"))
+    dedup: bool = Field(True, description=(
+        "drop records whose prompt repeats an earlier one, before the split"))
+    prompt_style: Literal["compact", "full"] = Field("compact", description=(
+        "compact: short system prompt, no output schema (cheaper at every dispatch); "
+        "full: signature, docstring and schema. Dispatch uses the same style"))
+    completion: Literal["json", "tool_call"] = Field("json", description=(
+        "what the model learns to write: json = the output as canonical compact JSON (what "
+        "constrained dispatch reads); tool_call = the model's native tool-call format"))
+    max_records: int | None = Field(None, gt=0, description=(
+        "use at most this many records (after filter and dedup, before the split); null = all"))
+
+    @field_validator("train", "eval", mode="before")
+    @classmethod
+    def _wrap_single_path(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_eval(self) -> DataSection:
+        if self.eval is not None:
+            if "eval_fraction" in self.model_fields_set and self.eval_fraction != 0:
+                raise _CheckFailed("data.eval", (
+                    "data.eval and data.eval_fraction are both set. Hold out data one way: "
+                    "remove data.eval_fraction to use the data.eval files, or data.eval to "
+                    "split data.train"))
+            self.eval_fraction = 0.0
+        return self
+
+    def train_files(self) -> list[Path]:
+        """The files ``data.train`` names, globs expanded (relative to the current directory)."""
+        return resolve_data_files(self.train, key="data.train")
+
+    def eval_files(self) -> list[Path]:
+        """The files ``data.eval`` names, or ``[]`` when held-out data is split off instead."""
+        return [] if self.eval is None else resolve_data_files(self.eval, key="data.eval")
+
+
+class LoraSection(_Section):
+    """``lora:`` the low-rank adapter trained on top of the frozen base model (PEFT LoraConfig)."""
+
+    r: int = Field(16, gt=0, description=(
+        "the LoRA rank, a positive integer; 8 to 64 is typical, larger learns more, slower"))
+    alpha: int = Field(32, gt=0, description=(
+        "LoRA scaling, a positive integer: updates are scaled by alpha / r (commonly 2 x r)"))
+    dropout: float = Field(0.05, ge=0, lt=1, description=(
+        "dropout on the adapter's input during training, 0 up to (not including) 1"))
+    target_modules: str | list[_Text] = Field("all-linear", description=(
+        "the layers that get an adapter: all-linear (every linear layer but the output head) "
+        "or a list of module names such as [q_proj, v_proj]"))
+
+    @field_validator("target_modules")
+    @classmethod
+    def _check_target_modules(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str) and value != "all-linear":
+            raise ValueError(f"must be all-linear or a list of module names, not {value!r}. "
+                             f"For one module write [{value}]")
+        if isinstance(value, list) and not value:
+            raise ValueError("the list is empty. Name at least one module, e.g. [q_proj, v_proj], "
+                             "or write all-linear")
+        return value
+
+
+class TrainSection(_Section):
+    """``train:`` the optimisation run (TRL SFTConfig / transformers TrainingArguments)."""
+
+    epochs: float = Field(3.0, gt=0, description=(
+        "passes over the training set, above 0 (fractions allowed); unused with max_steps"))
+    max_steps: int | None = Field(None, gt=0, description=(
+        "stop after this many optimizer steps, overriding train.epochs; null = use epochs"))
+    batch_size: int = Field(8, gt=0, description="examples per device per forward pass, above 0")
+    gradient_accumulation_steps: int = Field(1, gt=0, description=(
+        "forward passes per optimizer step; the effective batch is batch_size x this"))
+    learning_rate: float = Field(2e-4, gt=0, description=(
+        "the peak learning rate, above 0 (LoRA usually 1e-4 to 5e-4)"))
+    lr_scheduler: _Scheduler = Field("cosine", description=(
+        "how the learning rate decays after warm-up (a transformers scheduler name)"))
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description=(
+        "fraction of the steps spent raising the learning rate from 0, 0 up to 1"))
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay, 0 or more")
+    max_length: int = Field(512, gt=0, description=(
+        "tokens per example (prompt + completion); longer ones are truncated and reported"))
+    seed: int = Field(0, ge=0, description=(
+        "seed for the split, shuffling, adapter initialisation and dropout, 0 or more"))
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description=(
+        "auto = bf16 on a GPU that supports it, else fp16 on a GPU; fp32 on CPU"))
+    gradient_checkpointing: bool = Field(False, description=(
+        "recompute activations in the backward pass: less memory, about 6 % slower"))
+    packing: bool = Field(False, description=(
+        "pack short examples into sequences of max_length; may be combined with padding_free"))
+    padding_free: bool = Field(False, description=(
+        "batch without padding tokens; pays off with a variable-length attention kernel (GPU)"))
+    quantization: Literal["none", "4bit"] = Field("none", description=(
+        "none, or 4bit = QLoRA: the base model in 4 bits via bitsandbytes (CUDA GPU only)"))
+    logging_steps: int = Field(10, gt=0, description="log the loss every this many steps")
+    save_steps: int = Field(50, gt=0, description="write a checkpoint every this many steps")
+    save_total_limit: int | None = Field(2, gt=0, description=(
+        "keep at most this many checkpoints (oldest deleted); null = keep all"))
+    eval_steps: int | None = Field(None, gt=0, description=(
+        "held-out loss every this many steps; null = every save_steps. Needs held-out data"))
+    eval_samples: int = Field(50, ge=0, description=(
+        "held-out examples answered with constrained decoding after training, to measure "
+        "accuracy (0 = skip; ignored without held-out data)"))
+
+    @model_validator(mode="after")
+    def _check_quantization(self) -> TrainSection:
+        if self.quantization == "4bit" and self.precision == "fp32":
+            raise _CheckFailed("train.quantization", (
+                "4bit cannot be combined with train.precision: fp32 (a 4-bit base model computes "
+                "in bf16 or fp16). Set train.precision to auto, bf16 or fp16, or "
+                "train.quantization to none"))
+        return self
+
+
+class OutputSection(_Section):
+    """``output:`` where the adapter and its training record go."""
+
+    dir: _Text = Field("runs/model", description=(
+        "where the adapter, its manifest and checkpoints are written"))
+    plot: bool = Field(True, description="draw the loss curves into output.dir after training")
+
+
+class Recipe(_Section):
+    """A validated training recipe. Build one with :func:`load_recipe` or :func:`parse_recipe`.
+
+    ``source`` is the file it came from (``None`` when built from a mapping); it is not part
+    of :meth:`as_dict` or :meth:`to_yaml`, which give the recipe as run, defaults filled in, nor
+    of equality: two recipes are equal when they would run the same.
+    """
+
+    model: _Text = Field(description=(
+        "the base model: an alias (smollm2-135m, the embedded default), a Hugging Face hub id "
+        "(Qwen/Qwen2.5-0.5B-Instruct), a local Hugging Face directory or a .gguf file"))
+    data: DataSection = Field(description=(
+        "the data section: which records to train on, e.g. data: {train: [traces/fn.jsonl]}"))
+    lora: LoraSection = Field(default_factory=LoraSection, description="the adapter's shape")
+    train: TrainSection = Field(default_factory=TrainSection, description="the training run")
+    output: OutputSection = Field(default_factory=OutputSection, description="where it goes")
+
+    _source: Path | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> Path | None:
+        """The recipe file this came from, or ``None``."""
+        return self._source
+
+    @model_validator(mode="after")
+    def _check_eval_steps(self) -> Recipe:
+        held_out = self.data.eval is not None or self.data.eval_fraction > 0
+        if self.train.eval_steps is not None and not held_out:
+            raise _CheckFailed("train.eval_steps", (
+                "is set but there is no held-out data (data.eval_fraction is 0 and data.eval is "
+                "not set). Set data.eval_fraction above 0, give data.eval files, or remove "
+                "train.eval_steps"))
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Recipe) and self.as_dict() == other.as_dict()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The recipe as plain JSON-compatible data, every default filled in."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        """The recipe as YAML that :func:`load_recipe` reads back into an equal Recipe."""
+        return yaml.safe_dump(self.as_dict(), sort_keys=False, allow_unicode=True)
+
+
+def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Recipe:
+    """Read the YAML recipe at ``path``, apply ``key=value`` ``overrides`` in order, validate.
+
+    Raises:
+        RecipeError: the file is missing or unreadable, is not valid YAML (the message gives
+            the file, line and column), or does not describe a valid recipe (every problem is
+            listed as ``<dotted.key>: <what is wrong>. <how to fix>``; ``.key`` is the first).
+    """
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"{source}: no such recipe file (relative paths start at {Path.cwd()}). "
+                          "Check the path, e.g. recipes/three_digit_multiply.yaml") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{source}: cannot read the recipe: {exc}") from None
+    try:
+        raw = yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(source)
+        parts = (getattr(exc, "context", None), getattr(exc, "problem", None))
+        problem = " ".join(str(part) for part in parts if part) or str(exc)
+        raise RecipeError(f"{where}: invalid YAML: {problem}. Fix the file at that line") from None
+    return parse_recipe(raw, overrides=overrides, source=source)
+
+
+def parse_recipe(data: Any, overrides: Sequence[str] = (), *,
+                 source: str | os.PathLike[str] | None = None) -> Recipe:
+    """Validate a recipe given as a mapping (what the YAML file holds), after ``overrides``.
+
+    ``source`` names the file in messages and becomes :attr:`Recipe.source`. Raises
+    :class:`RecipeError` as :func:`load_recipe` does.
+    """
+    where = f"{source}: " if source is not None else ""
+    if data is None:
+        raise RecipeError(f"{where}the recipe is empty. "
+                          "It needs at least model: and data: {train: [...]}")
+    if not isinstance(data, Mapping):
+        raise RecipeError(f"{where}the top level of a recipe must be a mapping of keys "
+                          f"(model:, data:, ...), not a {type(data).__name__}")
+    raw = copy.deepcopy(dict(data))
+    for override in [overrides] if isinstance(overrides, str) else overrides:
+        _apply_override(raw, override)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        lines: dict[str, str] = {}
+        for error in exc.errors():
+            key, line = _describe(error)
+            lines.setdefault(key, line)  # a union reports each failed branch: keep the first
+        header = f"Invalid recipe {source}:" if source is not None else "Invalid recipe:"
+        raise RecipeError("\n  ".join([header, *lines.values()]), key=next(iter(lines))) from None
+    recipe._source = None if source is None else Path(source)
+    return recipe
+
+
+def resolve_data_files(patterns: str | Sequence[str], *, key: str = "data.train") -> list[Path]:
+    """Expand file names and glob patterns (``*``, ``?``, ``[...]``, ``**``) into files.
+
+    Relative patterns are resolved against the current working directory; ``~`` is expanded.
+    Each pattern's matches are sorted; a file matched twice is listed once, at its first place.
+
+    Raises:
+        RecipeError: naming ``key`` when a pattern matches no file.
+    """
+    files: dict[Path, None] = {}
+    for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        expanded = os.path.expanduser(pattern)
+        if any(char in expanded for char in "*?["):
+            found = glob.glob(expanded, recursive=True)
+            matches = sorted(Path(name) for name in found if os.path.isfile(name))
+        else:
+            matches = [Path(expanded)] if os.path.isfile(expanded) else []
+        if not matches:
+            relative = "" if os.path.isabs(expanded) else f" (relative to {Path.cwd()})"
+            if os.path.isdir(expanded):
+                fix = f"It is a directory: name the files in it, e.g. {pattern.rstrip('/')}/*.jsonl"
+            else:
+                fix = "Check the path, or run from the directory the recipe's paths start at"
+            raise RecipeError(f"{key}: {pattern!r} matches no file{relative}. {fix}", key=key)
+        files.update(dict.fromkeys(matches))
+    return list(files)
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    problem = f"the key {key_node.value!r} appears twice in one mapping; keep one"
+                    mark = key_node.start_mark
+                    raise yaml.constructor.ConstructorError(None, None, problem, mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _section_of(section: type[BaseModel], name: str) -> type[BaseModel] | None:
+    """The section model a field holds, or None for a plain value."""
+    annotation = section.model_fields[name].annotation
+    is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    return annotation if is_section else None
+
+
+def _unknown_key(key: str, section: type[BaseModel]) -> str:
+    prefix, _, name = key.rpartition(".")
+    valid = list(section.model_fields)
+    close = difflib.get_close_matches(name, valid, n=1)
+    if close:
+        return f"{key}: unknown key. Did you mean '{prefix + '.' if prefix else ''}{close[0]}'?"
+    under = f" under {prefix}" if prefix else ""
+    return f"{key}: unknown key. Valid keys{under}: {', '.join(valid)}"
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set one ``dotted.key=value`` in the raw recipe mapping (value parsed as YAML)."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise RecipeError(f"override {override!r} is not key=value. Write e.g. train.max_steps=20",
+                          key=key or None)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or exc
+        raise RecipeError(f"override {override!r}: the value is not valid YAML ({problem}). "
+                          f"Correct it, or quote a string in YAML: {key}=\"'text'\"",
+                          key=key) from None
+    parts, section, target = key.split("."), Recipe, raw
+    for depth, name in enumerate(parts):
+        dotted = ".".join(parts[: depth + 1])
+        if section is None:
+            parent = ".".join(parts[:depth])
+            raise RecipeError(f"override {override!r}: {parent} is a value, not a section, so it "
+                              f"has no key {name!r}", key=dotted)
+        if name not in section.model_fields:
+            raise RecipeError(f"override {override!r}: {_unknown_key(dotted, section)}", key=dotted)
+        if depth == len(parts) - 1:
+            target[name] = value
+            return
+        if target.get(name) is None:
+            target[name] = {}
+        if not isinstance(target[name], dict):
+            raise RecipeError(f"override {override!r}: {dotted} in the recipe is {target[name]!r}, "
+                              "not a section. Make it a mapping first", key=dotted)
+        section, target = _section_of(section, name), target[name]
+
+
+def _describe(error: Any) -> tuple[str, str]:
+    """One pydantic error as (dotted key, ``<key>: <what is wrong>. <how to fix>``)."""
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, _CheckFailed):
+        return cause.key, f"{cause.key}: {cause}"
+    key, section, field = "", Recipe, None  # walk the location through the sections
+    for part in error["loc"]:
+        if section is not None:
+            key = f"{key}.{part}" if key else str(part)
+            if part not in section.model_fields:  # an unknown key: the walk ends here
+                return key, _unknown_key(key, section)
+            field, section = section.model_fields[part], _section_of(section, part)
+        elif isinstance(part, int):
+            key += f"[{part}]"
+        # else: the name of a union member (e.g. 'list[str]'), not a YAML key
+    expected = f"; expected: {field.description}" if field is not None and field.description else ""
+    if error["type"] == "missing":
+        return key, f"{key}: required key is missing. Add it{expected}"
+    message = error["msg"].removeprefix("Value error, ")
+    if isinstance(cause, ValueError):
+        return key, f"{key}: {message}"
+    got = repr(error["input"])
+    got = got if len(got) <= 60 else got[:57] + "..."
+    return key, f"{key}: {message} (got {got}). Fix the value{expected}"
+
