@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import glob
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,7 +41,8 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints,
                       ValidationError, field_validator, model_validator)
 
-from localdistil.errors import RecipeError
+from localdistil.errors import RecipeError, RecordError
+from localdistil.records import expand_paths
 
 __all__ = ["DataSection", "LoraSection", "OutputSection", "Recipe", "TrainSection",
            "load_recipe", "parse_recipe", "resolve_data_files"]
@@ -299,31 +299,20 @@ def parse_recipe(data: Any, overrides: Sequence[str] = (), *,
 
 
 def resolve_data_files(patterns: str | Sequence[str], *, key: str = "data.train") -> list[Path]:
-    """Expand file names and glob patterns (``*``, ``?``, ``[...]``, ``**``) into files.
+    """The files that ``patterns`` name, by the rules of :func:`localdistil.records.read_records`:
+    files, globs (``*``, ``**``) and directories (their ``*.jsonl``), sorted, each file once.
 
     Relative patterns are resolved against the current working directory; ``~`` is expanded.
-    Each pattern's matches are sorted; a file matched twice is listed once, at its first place.
 
     Raises:
         RecipeError: naming ``key`` when a pattern matches no file.
     """
-    files: dict[Path, None] = {}
-    for pattern in [patterns] if isinstance(patterns, str) else patterns:
-        expanded = os.path.expanduser(pattern)
-        if any(char in expanded for char in "*?["):
-            found = glob.glob(expanded, recursive=True)
-            matches = sorted(Path(name) for name in found if os.path.isfile(name))
-        else:
-            matches = [Path(expanded)] if os.path.isfile(expanded) else []
-        if not matches:
-            relative = "" if os.path.isabs(expanded) else f" (relative to {Path.cwd()})"
-            if os.path.isdir(expanded):
-                fix = f"It is a directory: name the files in it, e.g. {pattern.rstrip('/')}/*.jsonl"
-            else:
-                fix = "Check the path, or run from the directory the recipe's paths start at"
-            raise RecipeError(f"{key}: {pattern!r} matches no file{relative}. {fix}", key=key)
-        files.update(dict.fromkeys(matches))
-    return list(files)
+    patterns = [patterns] if isinstance(patterns, str) else patterns
+    try:
+        return expand_paths([os.path.expanduser(pattern) for pattern in patterns])
+    except RecordError as exc:
+        raise RecipeError(f"{key}: {exc} Relative paths start at the current directory, "
+                          f"{Path.cwd()}", key=key) from None
 
 
 class _RecipeLoader(yaml.SafeLoader):
