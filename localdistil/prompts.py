@@ -98,3 +98,37 @@ def render_completion(output: Mapping[str, Any]) -> str:
     This is the text training teaches and the only form the dispatch grammar accepts.
     """
     return json.dumps(output, ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_prompt(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
+    """Token ids of a prompt, ending where the assistant's answer begins.
+
+    Training and dispatch both call this, so the model answers from exactly the context it
+    was trained on.
+    """
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def end_of_turn(tokenizer: Any) -> str:
+    """The text the chat template puts after an assistant answer, up to and including the
+    end-of-turn token (``<|im_end|>`` for ChatML templates); the tokenizer's EOS token where
+    the template adds nothing. Training puts it in the labels, or the model never learns to stop.
+    """
+    marker = "\x00LOCALDISTIL\x00"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}], tokenize=False
+    )
+    suffix = text[text.index(marker) + len(marker):] if marker in text else ""
+    eos = tokenizer.eos_token or ""
+    if eos and eos in suffix:
+        return suffix[: suffix.index(eos) + len(eos)]
+    return suffix.rstrip() or eos
+
+
+def encode_completion(tokenizer: Any, completion: str) -> list[int]:
+    """Token ids of an answer followed by the end-of-turn text, encoded on their own so that
+    no token merges across the prompt/answer boundary (dispatch generates them the same way)."""
+    return list(tokenizer.encode(completion + end_of_turn(tokenizer), add_special_tokens=False))

@@ -79,10 +79,10 @@ class DataSection(_Section):
         "drop records whose prompt repeats an earlier one, before the split"))
     prompt_style: Literal["compact", "full"] = Field("compact", description=(
         "compact: short system prompt, no output schema (cheaper at every dispatch); "
-        "full: signature, docstring and schema. Dispatch uses the same style"))
-    completion: Literal["json", "tool_call"] = Field("json", description=(
-        "what the model learns to write: json = the output as canonical compact JSON (what "
-        "constrained dispatch reads); tool_call = the model's native tool-call format"))
+        "full: instructor's wording with the signature and docstring. Dispatch uses the same style"))
+    completion: Literal["json"] = Field("json", description=(
+        "what the model learns to write: json = the output as canonical compact JSON, the only "
+        "form the dispatch grammar accepts"))
     max_records: int | None = Field(None, gt=0, description=(
         "use at most this many records (after filter and dedup, before the split); null = all"))
 
@@ -154,7 +154,8 @@ class TrainSection(_Section):
         "fraction of the steps spent raising the learning rate from 0, 0 up to 1"))
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay, 0 or more")
     max_length: int = Field(512, gt=0, description=(
-        "tokens per example (prompt + completion); longer ones are truncated and reported"))
+        "tokens per example (prompt + completion); longer examples are left out and reported, "
+        "never truncated"))
     seed: int = Field(0, ge=0, description=(
         "seed for the split, shuffling, adapter initialisation and dropout, 0 or more"))
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description=(

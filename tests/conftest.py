@@ -13,3 +13,11 @@ def localdistil_home(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCALDISTIL_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random-weight Llama with SmolLM2's special tokens and chat template (built once)."""
+    from tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny")

@@ -1,0 +1,182 @@
+"""The adapter directory and its manifest, ``localdistil.json``.
+
+An adapter directory holds the standard PEFT files (``adapter_config.json``,
+``adapter_model.safetensors``), so ``peft.PeftModel.from_pretrained`` and serving engines load it
+as is; the tokenizer files; and the manifest, which records everything dispatch needs to answer
+for the function exactly as it was trained: the base model and its content hash, the tokenizer
+and chat-template hash, the function's name, fingerprint and output schema, the prompt style and
+version, the recipe as run, training metrics and library versions.
+
+A run's output directory (``output.dir``) keeps the adapter in ``adapter/``; dispatch and eval
+accept either directory. Adapters are written into a temporary sibling directory and renamed
+into place, so a crash never leaves a half-written adapter that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import AdapterError, AdapterMismatchError
+from .spec import FunctionSpec, canonical_json, sha256_hex
+
+MANIFEST_NAME = "localdistil.json"
+ADAPTER_SUBDIR = "adapter"
+MANIFEST_VERSION = 1
+_PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class Manifest(BaseModel):
+    """What an adapter was trained for and how (``localdistil.json``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: int = MANIFEST_VERSION
+    base_model: str
+    """The model reference the recipe named (alias, hub id, directory or .gguf)."""
+    base_model_path: str
+    """The local Hugging Face directory it resolved to when training."""
+    base_model_hash: str
+    tokenizer_hash: str
+    """SHA-256 over the tokenizer's vocabulary and chat template."""
+    function: str
+    name: str
+    signature: str | None = None
+    doc: str | None = None
+    fingerprint: str | None = None
+    output_schema: dict[str, Any] | None = None
+    schema_hash: str | None = None
+    prompt_style: str
+    prompt_version: int
+    rendering: str = "canonical-compact-json"
+    max_output_tokens: int
+    """The longest answer seen in training, in tokens (dispatch derives its budget from it)."""
+    recipe: dict[str, Any]
+    metrics: dict[str, Any] = {}
+    versions: dict[str, str] = {}
+
+
+def tokenizer_hash(tokenizer: Any) -> str:
+    """SHA-256 over a tokenizer's vocabulary, special tokens and chat template."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    return sha256_hex(canonical_json({
+        "vocab": vocab,
+        "chat_template": tokenizer.chat_template,
+        "eos": tokenizer.eos_token,
+    }))
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a run depends on, for provenance."""
+    versions = {}
+    for package in ("localdistil", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "outlines", "pydantic"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    return versions
+
+
+def adapter_dir(path: str | os.PathLike[str]) -> Path:
+    """The adapter directory for ``path``: the directory itself, or a run's ``adapter/``.
+
+    Raises:
+        AdapterError: neither holds a complete adapter (PEFT files and manifest).
+    """
+    path = Path(path)
+    for candidate in (path, path / ADAPTER_SUBDIR):
+        if (candidate / MANIFEST_NAME).is_file():
+            missing = [name for name in _PEFT_FILES if not (candidate / name).is_file()]
+            if missing:
+                raise AdapterError(f"{candidate} is incomplete: {', '.join(missing)} missing. Train it again.", path=candidate)
+            return candidate
+    if not path.exists():
+        raise AdapterError(f"No adapter at {path}: the directory does not exist. Pass the output.dir of a training run.", path=path)
+    raise AdapterError(
+        f"No adapter at {path}: neither it nor {path / ADAPTER_SUBDIR} holds {MANIFEST_NAME}. "
+        "Pass the output.dir of a finished training run (an interrupted one resumes with --resume).",
+        path=path,
+    )
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """The manifest of the adapter at ``path`` (an adapter directory or a run directory)."""
+    directory = adapter_dir(path)
+    try:
+        return Manifest.model_validate_json((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"{directory / MANIFEST_NAME} is unreadable: {exc}", path=directory) from exc
+
+
+@contextlib.contextmanager
+def writing_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Write into a temporary sibling of ``target``, then rename it into place on success.
+
+    On an exception the temporary directory is removed and ``target`` is left untouched; a
+    previous ``target`` is replaced only once the new one is whole.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if target.exists():
+        retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(target, retired)
+        os.replace(staging, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    """Write ``localdistil.json`` into ``directory``."""
+    (directory / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+
+def check_compatible(manifest: Manifest, spec: FunctionSpec, *, path: str | os.PathLike[str] | None = None) -> dict[str, tuple[Any, Any]]:
+    """What differs between the function an adapter was trained for and ``spec``.
+
+    Returns:
+        ``{field: (trained, now)}`` for the output schema and fingerprint; empty when they match.
+    """
+    changes: dict[str, tuple[Any, Any]] = {}
+    if manifest.schema_hash is not None and manifest.schema_hash != spec.schema_hash:
+        changes["output_schema"] = (manifest.output_schema, spec.output_schema)
+    if manifest.fingerprint is not None and manifest.fingerprint != spec.fingerprint:
+        if manifest.signature != spec.signature:
+            changes["signature"] = (manifest.signature, spec.signature)
+        if manifest.doc != spec.doc:
+            changes["doc"] = (manifest.doc, spec.doc)
+        changes["fingerprint"] = (manifest.fingerprint, spec.fingerprint)
+    return changes
+
+
+def mismatch_error(manifest: Manifest, spec: FunctionSpec, changes: dict[str, tuple[Any, Any]], path: Any) -> AdapterMismatchError:
+    """An :class:`AdapterMismatchError` that says what changed and how to fix it."""
+    parts = []
+    if "output_schema" in changes:
+        parts.append(f"the return type's JSON schema changed ({spec.output_type.__name__})")
+    if "signature" in changes:
+        parts.append(f"the signature changed from {changes['signature'][0]!r} to {changes['signature'][1]!r}")
+    if "doc" in changes:
+        parts.append("the docstring changed")
+    if not parts:
+        parts.append("the function's fingerprint changed")
+    return AdapterMismatchError(
+        f"The adapter at {path} was trained for another version of {spec.name}: {'; '.join(parts)}. "
+        "Trace the new version and train again, or pass on_mismatch='warn' to use it anyway.",
+        path=path,
+        changes=changes,
+    )

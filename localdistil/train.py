@@ -1,0 +1,279 @@
+"""``train(recipe)``: records -> a LoRA adapter on a local open model, with TRL and PEFT.
+
+The run's output directory (``output.dir``)::
+
+    adapter/            PEFT files + tokenizer + localdistil.json (what dispatch loads)
+    checkpoints/        periodic trainer checkpoints (``--resume`` continues from the last)
+    metrics.json        losses, token counts, throughput, dataset report
+    loss.png            the loss curves (``output.plot``)
+    recipe.yaml         the recipe as run
+
+Everything that can be wrong with the input (an existing output directory, missing or empty
+data, records of several functions, an unknown model, a GPU-only option on a CPU machine) is
+reported before any model is loaded. Precision ``auto`` is bf16 on GPUs that support it and fp32
+otherwise. The adapter is written into a temporary directory and renamed into place, so a crash
+never leaves a half-written adapter that looks complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .adapter import ADAPTER_SUBDIR, Manifest, library_versions, tokenizer_hash, write_manifest, writing_directory
+from .dataset import TrainingData, build_dataset, format_report, select_records
+from .errors import RecipeError
+from .models import load_tokenizer, model_content_hash, resolve_model
+from .prompts import PROMPT_VERSION
+
+if TYPE_CHECKING:
+    from .recipe import Recipe
+
+CHECKPOINTS_SUBDIR = "checkpoints"
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Where a training run put everything, and its headline figures."""
+
+    output_dir: Path
+    adapter_dir: Path
+    metrics: dict[str, Any]
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _prepare_output(output_dir: Path, *, overwrite: bool, resume: bool) -> None:
+    if resume and overwrite:
+        raise RecipeError("Pass --resume or --overwrite, not both.", key="output.dir")
+    has_content = output_dir.is_dir() and any(output_dir.iterdir())
+    if resume:
+        if not (output_dir / CHECKPOINTS_SUBDIR).is_dir() or not any((output_dir / CHECKPOINTS_SUBDIR).glob("checkpoint-*")):
+            raise RecipeError(f"output.dir: {output_dir} has no checkpoint to resume from. Run without --resume.", key="output.dir")
+        return
+    if has_content and not overwrite:
+        raise RecipeError(
+            f"output.dir: {output_dir} already exists. Pass --overwrite to replace it, --resume to continue "
+            f"its interrupted run, or choose another directory (output.dir=...).",
+            key="output.dir",
+        )
+
+
+def choose_precision(recipe: Recipe) -> str:
+    """``fp32``, ``bf16`` or ``fp16`` for this machine, refusing GPU-only options on a CPU.
+
+    Raises:
+        RecipeError: fp16 or 4-bit quantization asked for without a CUDA GPU.
+    """
+    import torch
+
+    precision, cuda = recipe.train.precision, torch.cuda.is_available()
+    if recipe.train.quantization == "4bit" and not cuda:
+        raise RecipeError(
+            "train.quantization: 4bit (QLoRA) needs a CUDA GPU and none is visible. Set "
+            "train.quantization: none to train on this machine.",
+            key="train.quantization",
+        )
+    if precision == "fp16" and not cuda:
+        raise RecipeError("train.precision: fp16 needs a CUDA GPU. Use auto, fp32 or bf16 on a CPU.", key="train.precision")
+    if precision == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    return precision
+
+
+def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> TrainResult:
+    """Train a LoRA adapter as ``recipe`` says, and write the run directory.
+
+    Args:
+        recipe: a validated recipe (see :func:`localdistil.recipe.load_recipe`).
+        overwrite: replace an existing ``output.dir``.
+        resume: continue an interrupted run from its last checkpoint.
+
+    Raises:
+        RecipeError, DatasetError, ModelError: bad input, before any model is loaded.
+    """
+    output_dir = Path(recipe.output.dir)
+    _prepare_output(output_dir, overwrite=overwrite, resume=resume)
+    selection = select_records(recipe)
+    precision = choose_precision(recipe)
+    model_path = resolve_model(recipe.model)
+
+    if overwrite and output_dir.exists():
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+
+    tokenizer = load_tokenizer(model_path)
+    data = build_dataset(selection, tokenizer, recipe)
+    _say(format_report(data.report))
+
+    trainer = _make_trainer(recipe, model_path, tokenizer, data, output_dir, precision)
+    _say(f"training {recipe.model} with LoRA r={recipe.lora.r} in {precision} on {_device_name()}")
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    seconds = time.perf_counter() - started
+
+    metrics = _metrics(trainer, data, seconds, precision)
+    adapter_path = output_dir / ADAPTER_SUBDIR
+    manifest = Manifest(
+        base_model=recipe.model,
+        base_model_path=str(model_path),
+        base_model_hash=model_content_hash(model_path),
+        tokenizer_hash=tokenizer_hash(tokenizer),
+        **dataclasses.asdict(data.function),
+        prompt_style=recipe.data.prompt_style,
+        prompt_version=PROMPT_VERSION,
+        max_output_tokens=max(data.train["completion_length"]),
+        recipe=recipe.as_dict(),
+        metrics=metrics,
+        versions=library_versions(),
+    )
+    with writing_directory(adapter_path) as staging:
+        trainer.model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        write_manifest(staging, manifest)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    if recipe.output.plot:
+        plot_losses(metrics, output_dir / "loss.png")
+    return TrainResult(output_dir=output_dir, adapter_dir=adapter_path, metrics=metrics)
+
+
+def _device_name() -> str:
+    import torch
+
+    return f"GPU ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "CPU"
+
+
+def _make_trainer(recipe: Recipe, model_path: Path, tokenizer: Any, data: TrainingData, output_dir: Path, precision: str):
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    t = recipe.train
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    model_kwargs: dict[str, Any] = {"dtype": dtype}
+    if t.quantization == "4bit":
+        from transformers import BitsAndBytesConfig
+
+        model_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
+        )
+    if torch.cuda.is_available():
+        model_kwargs["attn_implementation"] = "sdpa"
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), **model_kwargs)
+    if t.quantization == "4bit":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
+
+    has_eval = data.eval is not None
+    config = SFTConfig(
+        output_dir=str(output_dir / CHECKPOINTS_SUBDIR),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps if t.max_steps is not None else -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        activation_checkpointing=t.gradient_checkpointing,
+        packing=t.packing,
+        padding_free=t.padding_free,
+        max_length=t.max_length,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy=("steps" if t.eval_steps else "epoch") if has_eval else "no",
+        eval_steps=t.eval_steps,
+        report_to="none",
+        dataset_num_proc=None,
+    )
+    columns = ["input_ids", "labels"]
+    peft_config = LoraConfig(
+        r=recipe.lora.r,
+        lora_alpha=recipe.lora.alpha,
+        lora_dropout=recipe.lora.dropout,
+        target_modules=recipe.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=data.train.select_columns(columns),
+        eval_dataset=data.eval.select_columns(columns) if has_eval else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+
+
+def _metrics(trainer: Any, data: TrainingData, seconds: float, precision: str) -> dict[str, Any]:
+    history = trainer.state.log_history
+    train_loss = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
+    eval_loss = [{"step": h["step"], "loss": h["eval_loss"]} for h in history if "eval_loss" in h]
+    steps = trainer.state.global_step
+    examples_per_epoch = len(data.train)
+    tokens_per_epoch = sum(len(ids) for ids in data.train["input_ids"])
+    epochs_done = trainer.state.epoch or 0.0
+    trained_tokens = int(tokens_per_epoch * epochs_done)
+    report = data.report
+    return {
+        "steps": steps,
+        "epochs": round(epochs_done, 3),
+        "precision": precision,
+        "train_examples": examples_per_epoch,
+        "eval_examples": report.eval_examples,
+        "train_loss": train_loss,
+        "eval_loss": eval_loss,
+        "first_loss": train_loss[0]["loss"] if train_loss else None,
+        "final_loss": train_loss[-1]["loss"] if train_loss else None,
+        "final_eval_loss": eval_loss[-1]["loss"] if eval_loss else None,
+        "train_seconds": round(seconds, 2),
+        "trained_tokens": trained_tokens,
+        "tokens_per_second": round(trained_tokens / seconds, 1) if seconds > 0 else None,
+        "dataset": {
+            "records_read": report.selection.read,
+            "invalid_lines": len(report.selection.problems),
+            "duplicates_removed": report.selection.duplicates,
+            "too_long": report.too_long,
+            "token_lengths": report.lengths,
+        },
+    }
+
+
+def plot_losses(metrics: dict[str, Any], path: Path) -> None:
+    """Draw the train (and eval) loss against the step into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for key, label in (("train_loss", "train"), ("eval_loss", "eval")):
+        points = metrics.get(key) or []
+        if points:
+            axes.plot([p["step"] for p in points], [p["loss"] for p in points], marker="o" if key == "eval_loss" else None, label=label)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_yscale("log")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

@@ -1,0 +1,152 @@
+"""Training on the tiny model: the loss falls, only LoRA weights are trained and saved, the
+adapter reloads with plain PEFT, the manifest describes the function, and bad input fails
+before any model is loaded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from pydantic import BaseModel
+from safetensors.torch import load_file
+
+from localdistil import DatasetError, Instructions, ModelError, RecipeError
+from localdistil.adapter import read_manifest
+from localdistil.cli import main
+from localdistil.recipe import parse_recipe
+from localdistil.train import train
+
+
+class Multiply(BaseModel):
+    a: int
+    b: int
+    result: int
+
+
+@pytest.fixture
+def traced_multiply(tmp_path):
+    path = tmp_path / "traces" / "multiply.jsonl"
+    instructions = Instructions(path=str(path))
+
+    @instructions.distil
+    def multiply(a: int, b: int) -> Multiply:
+        """Multiply two numbers."""
+        return Multiply(a=a, b=b, result=a * b)
+
+    for i in range(24):
+        multiply(100 + i, 7)
+    return path, multiply
+
+
+def tiny_recipe(model, data, out, **train):
+    settings = {"max_steps": 16, "batch_size": 4, "learning_rate": 3e-2, "lr_scheduler": "constant", "warmup_ratio": 0,
+                "logging_steps": 2, "save_steps": 8, **train}
+    return parse_recipe({
+        "model": str(model),
+        "data": {"train": [str(data)], "eval_fraction": 0.125},
+        "train": settings,
+        "output": {"dir": str(out), "plot": True},
+    })
+
+
+def test_training_lowers_the_loss_and_writes_a_loadable_adapter(tiny_model_dir, traced_multiply, tmp_path):
+    data, multiply = traced_multiply
+    base_before = load_file(str(tiny_model_dir / "model.safetensors"))
+    result = train(tiny_recipe(tiny_model_dir, data, tmp_path / "run"))
+
+    metrics = result.metrics
+    assert metrics["steps"] == 16
+    assert metrics["final_loss"] < 0.5 * metrics["first_loss"]
+    assert metrics["final_eval_loss"] is not None and metrics["eval_examples"] == 3
+    assert metrics["tokens_per_second"] > 0
+    assert json.loads((result.output_dir / "metrics.json").read_text())["steps"] == 16
+    assert (result.output_dir / "loss.png").stat().st_size > 1000
+    assert (result.output_dir / "recipe.yaml").read_text().startswith("model:")
+
+    saved = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    assert saved and all("lora_" in name for name in saved)  # only the adapter is saved
+    assert any(name.endswith("lora_B.weight") and tensor.abs().sum() > 0 for name, tensor in saved.items())
+    base_after = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert all(torch.equal(base_before[k], base_after[k]) for k in base_before)
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    base_logits = base(ids).logits
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(result.adapter_dir))
+    assert not torch.allclose(tuned(ids).logits, base_logits)
+
+    manifest = read_manifest(result.output_dir)
+    assert manifest.fingerprint == multiply.spec.fingerprint
+    assert manifest.schema_hash == multiply.spec.schema_hash
+    assert manifest.output_schema == Multiply.model_json_schema()
+    assert manifest.name == "multiply" and manifest.prompt_style == "compact"
+    assert manifest.base_model == str(tiny_model_dir) and len(manifest.base_model_hash) == 64
+    assert manifest.recipe["train"]["max_steps"] == 16 and manifest.metrics["steps"] == 16
+    assert manifest.max_output_tokens > 5 and "torch" in manifest.versions
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_model_dir, traced_multiply, tmp_path):
+    data, _ = traced_multiply
+    out = tmp_path / "run"
+    train(tiny_recipe(tiny_model_dir, data, out, max_steps=8, save_steps=4))
+    assert (out / "checkpoints" / "checkpoint-8").is_dir()
+    result = train(tiny_recipe(tiny_model_dir, data, out, max_steps=12, save_steps=4), resume=True)
+    assert result.metrics["steps"] == 12
+    assert [p["step"] for p in result.metrics["train_loss"]][0] > 8  # steps 1-8 were not run again
+    assert read_manifest(out).recipe["train"]["max_steps"] == 12
+
+
+class TestBadInputFailsBeforeAnyModelLoads:
+    @pytest.fixture(autouse=True)
+    def no_model_loading(self, monkeypatch):
+        import transformers
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("a model was loaded before the input was checked")
+
+        monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+        monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+
+    def test_existing_output_directory(self, tiny_model_dir, traced_multiply, tmp_path):
+        out = tmp_path / "run"
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+        with pytest.raises(RecipeError, match="already exists. Pass --overwrite.*--resume") as caught:
+            train(tiny_recipe(tiny_model_dir, traced_multiply[0], out))
+        assert caught.value.key == "output.dir" and (out / "keep.txt").read_text() == "mine"
+
+    def test_resume_without_a_checkpoint(self, tiny_model_dir, traced_multiply, tmp_path):
+        with pytest.raises(RecipeError, match="no checkpoint to resume from"):
+            train(tiny_recipe(tiny_model_dir, traced_multiply[0], tmp_path / "run"), resume=True)
+
+    def test_empty_data(self, tiny_model_dir, tmp_path):
+        empty = tmp_path / "empty.jsonl"
+        empty.write_text("")
+        with pytest.raises(DatasetError, match="holds no valid records"):
+            train(tiny_recipe(tiny_model_dir, empty, tmp_path / "run"))
+
+    def test_unknown_model(self, traced_multiply, tmp_path):
+        with pytest.raises(ModelError, match="smollm2-135m"):
+            train(tiny_recipe("smollm9-1t", traced_multiply[0], tmp_path / "run"))
+
+    def test_gpu_only_options_on_a_cpu(self, tiny_model_dir, traced_multiply, tmp_path):
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+        with pytest.raises(RecipeError, match="train.quantization: 4bit .*needs a CUDA GPU"):
+            train(tiny_recipe(tiny_model_dir, traced_multiply[0], tmp_path / "run", quantization="4bit", precision="bf16"))
+        with pytest.raises(RecipeError, match="train.precision: fp16 needs a CUDA GPU"):
+            train(tiny_recipe(tiny_model_dir, traced_multiply[0], tmp_path / "run", precision="fp16"))
+
+
+def test_train_command_prints_where_everything_is(tiny_model_dir, traced_multiply, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {tiny_model_dir}\ndata:\n  train: [{traced_multiply[0]}]\noutput:\n  dir: {tmp_path / 'run'}\n")
+    assert main(["train", str(recipe), "train.max_steps=4", "train.batch_size=4", "output.plot=false"]) == 0
+    out = capsys.readouterr().out
+    assert "in 4 steps" in out and f"adapter   {tmp_path / 'run' / 'adapter'}" in out
+    assert main(["train", str(recipe)]) == 1
+    assert "already exists" in capsys.readouterr().err
