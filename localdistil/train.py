@@ -228,16 +228,15 @@ def _metrics(trainer: Any, data: TrainingData, seconds: float, precision: str) -
     train_loss = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
     eval_loss = [{"step": h["step"], "loss": h["eval_loss"]} for h in history if "eval_loss" in h]
     steps = trainer.state.global_step
-    examples_per_epoch = len(data.train)
-    tokens_per_epoch = sum(len(ids) for ids in data.train["input_ids"])
     epochs_done = trainer.state.epoch or 0.0
-    trained_tokens = int(tokens_per_epoch * epochs_done)
+    # TRL counts the real (non-padding) tokens it fed, since the start of the run
+    trained_tokens = int(max((h["num_tokens"] for h in history if "num_tokens" in h), default=0))
     report = data.report
     return {
         "steps": steps,
         "epochs": round(epochs_done, 3),
         "precision": precision,
-        "train_examples": examples_per_epoch,
+        "train_examples": len(data.train),
         "eval_examples": report.eval_examples,
         "train_loss": train_loss,
         "eval_loss": eval_loss,
@@ -246,7 +245,7 @@ def _metrics(trainer: Any, data: TrainingData, seconds: float, precision: str) -
         "final_eval_loss": eval_loss[-1]["loss"] if eval_loss else None,
         "train_seconds": round(seconds, 2),
         "trained_tokens": trained_tokens,
-        "tokens_per_second": round(trained_tokens / seconds, 1) if seconds > 0 else None,
+        "tokens_per_second": round(trained_tokens / seconds, 1) if seconds > 0 and trained_tokens else None,
         "dataset": {
             "records_read": report.selection.read,
             "invalid_lines": len(report.selection.problems),
