@@ -21,9 +21,10 @@ order, values as compact JSON with sorted object keys.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, Literal
+
+from pydantic_core import to_json
 
 from .spec import canonical_json
 
@@ -93,11 +94,12 @@ def render_messages(
 
 
 def render_completion(output: Mapping[str, Any]) -> str:
-    """The canonical compact JSON of an output, keys in schema order, no whitespace.
+    """The canonical compact JSON of an output: the text Pydantic's ``model_dump_json`` writes
+    (keys in schema order, no whitespace, Pydantic's float and escape forms).
 
     This is the text training teaches and the only form the dispatch grammar accepts.
     """
-    return json.dumps(output, ensure_ascii=False, separators=(",", ":"))
+    return to_json(output).decode("utf-8")
 
 
 def encode_prompt(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:

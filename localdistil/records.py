@@ -36,7 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from .errors import RecordError
-from .prompts import render_messages
+from .prompts import render_completion, render_messages
 from .spec import FunctionSpec, canonical_json, sha256_hex
 
 #: Version of the ``localdistil`` block written into every record.
@@ -112,7 +112,7 @@ class RecordBuilder:
         messages: list[dict[str, Any]] = render_messages(
             name=spec.name, args=args, style="full", signature=spec.signature, doc=spec.doc, source=self._source
         )
-        arguments = json.dumps(output, ensure_ascii=False, indent=self.indent, separators=None if self.indent else (",", ":"))
+        arguments = json.dumps(output, ensure_ascii=False, indent=self.indent) if self.indent else render_completion(output)
         call = {"name": self._output_name, "arguments": arguments}
         if self.finetune_format == "tools":
             messages.append({"role": "assistant", "tool_calls": [{"id": "call_0", "type": "function", "function": call}]})

@@ -191,3 +191,15 @@ class TestDecorationErrors:
         from localdistil import LocaldistilError
 
         assert issubclass(DecorationError, LocaldistilError) and issubclass(DecorationError, TypeError)
+
+
+def test_completion_text_is_exactly_pydantics_json():
+    from localdistil.prompts import render_completion
+
+    class Reading(BaseModel):
+        value: float
+        note: str
+
+    for value in (1e-5, 1e-7, 0.1, 1e16, 2.5):
+        model = Reading(value=value, note='café\n\x1f "q" / \\')
+        assert render_completion(model.model_dump(mode="json")) == model.model_dump_json()
