@@ -18,6 +18,7 @@ it runs inside production code.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import json
@@ -28,17 +29,20 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .errors import DecorationError, TraceError, TraceWarning
 from .records import FINETUNE_FORMATS, RecordBuilder
 from .sinks import HandlerSink, JsonlSink
 from .spec import FunctionSpec
 
+if TYPE_CHECKING:
+    from .dispatch import Dispatcher
+
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Modes the decorator accepts.
-MODES: tuple[str, ...] = ("distil",)
+#: Modes the decorator accepts: run and record, answer from the model, or both and compare.
+MODES: tuple[str, ...] = ("distil", "dispatch", "shadow")
 
 Redactor = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
@@ -137,28 +141,59 @@ class Instructions:
         mode: str = "distil",
         finetune_format: Any = None,
         fine_tune_format: Any = None,
+        model: str | None = None,
+        on_mismatch: str = "raise",
+        on_invalid: str = "raise",
+        retries: int = 2,
+        max_new_tokens: int | None = None,
+        shadow_rate: float = 1.0,
     ) -> Callable[[F], F]: ...
 
-    def distil(self, fn=None, /, *, name=None, mode="distil", finetune_format=None, fine_tune_format=None):
+    def distil(self, fn=None, /, *, name=None, mode="distil", finetune_format=None, fine_tune_format=None,
+               model=None, on_mismatch="raise", on_invalid="raise", retries=2, max_new_tokens=None,
+               shadow_rate=1.0):
         """Decorate a function whose return annotation is a Pydantic model.
 
         Use it bare (``@instructions.distil``) or with options
-        (``@instructions.distil(name="fn_v2", finetune_format="raw")``).
+        (``@instructions.distil(model="runs/fn", mode="dispatch")``).
 
         Args:
             name: the name used in prompts and records; defaults to the function's name.
-            mode: ``"distil"`` runs the function and records the call.
+            mode: ``"distil"`` runs the function and records the call; ``"dispatch"`` skips the
+                body and answers from the local model; ``"shadow"`` runs the function, returns its
+                result, asks the model too and records whether they agree.
             finetune_format: overrides the Instructions object's format for this function
                 (``fine_tune_format`` is accepted too, as in instructor).
+            model: the training run (``output.dir``) or adapter directory that answers, for
+                ``dispatch`` and ``shadow``.
+            on_mismatch: ``"raise"`` or ``"warn"`` when the adapter was trained for another
+                version of the function (signature, docstring or return schema changed).
+            on_invalid: when an answer fails the return type's validators: ``"raise"`` a
+                ``DispatchError``, ``"retry"`` sampling, or ``"fallback"`` to running the function
+                (the call is then recorded as a new training example).
+            retries: how many times ``on_invalid="retry"`` samples again.
+            max_new_tokens: the token budget of one answer (default: from the training answers).
+            shadow_rate: the fraction of calls the model also answers in ``shadow`` mode.
+
+        The decorated function gets ``.spec`` (a :class:`FunctionSpec`); in dispatch mode also
+        ``.batch(calls)`` (answer many calls in one batch; each call a dict of keyword
+        arguments or a tuple of positional ones) and ``.warmup()`` (load the model now); in
+        shadow mode ``.shadow_stats``.
 
         Raises:
             DecorationError: no return annotation, a return type that is not a Pydantic model,
-                an unknown mode or format.
+                an unknown mode or format, or a dispatch mode without ``model``.
+            AdapterError, AdapterMismatchError: the adapter is missing or made for another
+                version of the function (the manifest is read now; the model loads on first use).
         """
         if mode not in MODES:
             raise DecorationError(f"Unknown mode {mode!r}; choose one of {', '.join(repr(m) for m in MODES)}.")
+        if mode != "distil" and model is None:
+            raise DecorationError(f"mode={mode!r} needs model=: the output.dir of a training run (e.g. model=\"runs/fn\").")
         if finetune_format is not None and fine_tune_format is not None:
             raise DecorationError("Pass finetune_format or fine_tune_format, not both.")
+        if not 0.0 <= shadow_rate <= 1.0:
+            raise DecorationError(f"shadow_rate must be between 0 and 1; got {shadow_rate!r}.")
         chosen = finetune_format if finetune_format is not None else fine_tune_format
         fmt = self.finetune_format if chosen is None else _format_name(chosen, "finetune_format")
 
@@ -172,7 +207,18 @@ class Instructions:
                 extra=self.extra,
                 instructions_id=self.id,
             )
-            return self._traced(func, builder)
+            if mode == "distil":
+                return self._traced(func, builder)
+            from .dispatch import Dispatcher
+
+            try:
+                dispatcher = Dispatcher(spec, model, on_mismatch=on_mismatch, on_invalid=on_invalid,
+                                        retries=retries, max_new_tokens=max_new_tokens)
+            except ValueError as exc:
+                raise DecorationError(str(exc)) from exc
+            if mode == "dispatch":
+                return self._dispatching(func, builder, dispatcher)
+            return self._shadowing(func, builder, dispatcher, shadow_rate)
 
         return decorate if fn is None else decorate(fn)
 
@@ -204,23 +250,122 @@ class Instructions:
         wrapper.spec = builder.spec
         return wrapper
 
-    def _bind(self, builder: RecordBuilder, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _dispatching(self, fn: F, builder: RecordBuilder, dispatcher: Dispatcher) -> F:
+        """Skip the body; the model answers. A fallback runs the traced function instead."""
+        spec = builder.spec
+        traced = self._traced(fn, builder)
+
+        def split(calls: Sequence[Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+            return [((), dict(c)) if isinstance(c, Mapping) else (tuple(c), {}) for c in calls]
+
+        if inspect.iscoroutinefunction(fn):
+
+            async def abatch(calls: Sequence[Any]) -> list[Any]:
+                pairs = split(calls)
+                answers = await asyncio.to_thread(dispatcher.answer_many, [spec.bind(a, k) for a, k in pairs])
+                return [answer if answer is not None else await traced(*a, **k) for answer, (a, k) in zip(answers, pairs)]
+
+            @functools.wraps(fn)
+            async def dispatch_async(*args: Any, **kwargs: Any) -> Any:
+                (answer,) = await asyncio.to_thread(dispatcher.answer_many, [spec.bind(args, kwargs)])
+                return answer if answer is not None else await traced(*args, **kwargs)
+
+            wrapper: Any = dispatch_async
+            wrapper.batch = abatch
+        else:
+
+            def batch(calls: Sequence[Any]) -> list[Any]:
+                pairs = split(calls)
+                answers = dispatcher.answer_many([spec.bind(a, k) for a, k in pairs])
+                return [answer if answer is not None else traced(*a, **k) for answer, (a, k) in zip(answers, pairs)]
+
+            @functools.wraps(fn)
+            def dispatch(*args: Any, **kwargs: Any) -> Any:
+                (answer,) = dispatcher.answer_many([spec.bind(args, kwargs)])
+                return answer if answer is not None else traced(*args, **kwargs)
+
+            wrapper = dispatch
+            wrapper.batch = batch
+        wrapper.spec = spec
+        wrapper.warmup = dispatcher.warmup
+        wrapper.dispatcher = dispatcher
+        return wrapper
+
+    def _shadowing(self, fn: F, builder: RecordBuilder, dispatcher: Dispatcher, rate: float) -> F:
+        """Run the function and return its result; the model answers too and the agreement is
+        counted (``.shadow_stats``) and written into the call's record as ``shadow``."""
+        from .evaluate import Agreement, compare_outputs
+
+        spec = builder.spec
+        agreement = Agreement()
+
+        def compare(bound: Any, result: Any) -> dict[str, Any] | None:
+            if isinstance(bound, Exception) or (rate < 1.0 and random.random() >= rate):
+                return None
+            try:
+                expected = spec.dump_output(result)
+                answer = dispatcher.answer(bound)
+                got = None if answer is None else answer.model_dump(mode="json", by_alias=True)
+            except Exception as exc:  # the model's side never breaks the caller
+                self._report(f"localdistil shadow: the model could not answer {spec.name}: {exc}", exc)
+                return None
+            comparison = compare_outputs(expected, got)
+            agreement.add(comparison)
+            return {"shadow": {"model_output": got, "exact": comparison.exact, "fields": comparison.fields}}
+
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def shadow_async(*args: Any, **kwargs: Any) -> Any:
+                bound = self._bind(builder, args, kwargs, sample=False)
+                start = time.perf_counter()
+                result = await fn(*args, **kwargs)
+                duration = time.perf_counter() - start
+                annotations = await asyncio.to_thread(compare, bound, result)
+                self._record(builder, bound if self._sampled() else None, result, duration, annotations)
+                return result
+
+            wrapper: Any = shadow_async
+        else:
+
+            @functools.wraps(fn)
+            def shadow(*args: Any, **kwargs: Any) -> Any:
+                bound = self._bind(builder, args, kwargs, sample=False)
+                start = time.perf_counter()
+                result = fn(*args, **kwargs)
+                duration = time.perf_counter() - start
+                annotations = compare(bound, result)
+                self._record(builder, bound if self._sampled() else None, result, duration, annotations)
+                return result
+
+            wrapper = shadow
+        wrapper.spec = spec
+        wrapper.shadow_stats = agreement
+        wrapper.dispatcher = dispatcher
+        return wrapper
+
+    def _sampled(self) -> bool:
+        return self.sample_rate >= 1.0 or random.random() < self.sample_rate
+
+    def _bind(self, builder: RecordBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], *, sample: bool = True) -> Any:
         """Bind before the call (the body may mutate its arguments); ``None`` = not sampled."""
-        if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
+        if sample and not self._sampled():
             return None
         try:
             return builder.spec.bind(args, kwargs)
         except Exception as exc:  # reported after the call, and only if the call succeeds
             return exc
 
-    def _record(self, builder: RecordBuilder, bound: Any, result: Any, duration_s: float) -> None:
+    def _record(self, builder: RecordBuilder, bound: Any, result: Any, duration_s: float,
+                annotations: Mapping[str, Any] | None = None) -> None:
         if bound is None or not self.sinks:
             return
         spec = builder.spec
         try:
             if isinstance(bound, Exception):
                 raise bound
-            record: dict[str, Any] | None = builder.build(bound, spec.dump_output(result), duration_s=duration_s)
+            record: dict[str, Any] | None = builder.build(bound, spec.dump_output(result), duration_s=duration_s,
+                                                          annotations=annotations)
             if self.redact is not None:
                 record = self.redact(record)
                 if record is None:

@@ -84,8 +84,10 @@ class RecordBuilder:
             "parameters": spec.output_schema,
         }
 
-    def build(self, args: dict[str, Any], output: dict[str, Any], *, duration_s: float) -> dict[str, Any]:
-        """The record of one call, as a JSON-compatible dict."""
+    def build(self, args: dict[str, Any], output: dict[str, Any], *, duration_s: float,
+              annotations: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The record of one call, as a JSON-compatible dict; ``annotations`` (e.g. shadow
+        mode's comparison) go into the ``localdistil`` block."""
         spec = self.spec
         block: dict[str, Any] = {
             "version": RECORD_VERSION,
@@ -105,6 +107,8 @@ class RecordBuilder:
             block["instructions_id"] = self._instructions_id
         if self._extra:
             block["extra"] = self._extra
+        if annotations:
+            block.update(annotations)
         if self.finetune_format == "raw":
             block["output_schema"] = spec.output_schema
             return {"localdistil": block}

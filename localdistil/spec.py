@@ -80,13 +80,20 @@ def _annotation_text(annotation: Any) -> str:
     return _MODULE_PATH.sub("", text).replace("NoneType", "None")
 
 
-def _decoration_scope() -> dict[str, Any]:
-    """Locals of the innermost frame outside localdistil: the scope that applied the
-    decorator, where a model defined next to a local function lives."""
+def _decoration_scope(depth: int = 8) -> dict[str, Any]:
+    """Locals of the frames that applied the decorator (up to ``depth`` frames outside
+    localdistil, the nearest winning): where a model defined next to a local function lives,
+    even when a helper of the caller's applies the decorator."""
     frame = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("localdistil"):
+    scopes = []
+    while frame is not None and len(scopes) < depth:
+        if not frame.f_globals.get("__name__", "").startswith("localdistil"):
+            scopes.append(frame.f_locals)
         frame = frame.f_back
-    return dict(frame.f_locals) if frame is not None else {}
+    namespace: dict[str, Any] = {}
+    for scope in reversed(scopes):
+        namespace.update(scope)
+    return namespace
 
 
 def _resolved_hints(fn: Callable[..., Any]) -> dict[str, Any]:

@@ -203,3 +203,10 @@ def test_completion_text_is_exactly_pydantics_json():
     for value in (1e-5, 1e-7, 0.1, 1e16, 2.5):
         model = Reading(value=value, note='café\n\x1f "q" / \\')
         assert render_completion(model.model_dump(mode="json")) == model.model_dump_json()
+
+
+def test_an_unresolvable_return_annotation_is_named():
+    namespace: dict = {}
+    exec("def f(a: int) -> 'NoSuchModel': ...", namespace)
+    with pytest.raises(DecorationError, match="returns 'NoSuchModel', a name localdistil cannot resolve"):
+        Instructions().distil(namespace["f"])
