@@ -207,6 +207,6 @@ def test_completion_text_is_exactly_pydantics_json():
 
 def test_an_unresolvable_return_annotation_is_named():
     namespace: dict = {}
-    exec("def f(a: int) -> 'NoSuchModel': ...", namespace)
-    with pytest.raises(DecorationError, match="returns 'NoSuchModel', a name localdistil cannot resolve"):
+    exec("def f(a: int) -> NoSuchModel: ...", namespace)  # a string annotation: this module uses PEP 563
+    with pytest.raises(DecorationError, match="^f returns 'NoSuchModel', a name localdistil cannot resolve"):
         Instructions().distil(namespace["f"])
