@@ -5,6 +5,7 @@ library function, which is importable and tested on its own.
     localdistil models pull smollm2-135m
     localdistil dataset recipes/three_digit_multiply.yaml
     localdistil train recipes/three_digit_multiply.yaml train.max_steps=20
+    localdistil eval recipes/three_digit_multiply.yaml
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ EPILOG = """examples:
   localdistil dataset recipes/three_digit_multiply.yaml
   localdistil train recipes/three_digit_multiply.yaml
   localdistil train recipes/three_digit_multiply.yaml train.max_steps=20 output.dir=/tmp/run --overwrite
+  localdistil eval recipes/three_digit_multiply.yaml
 """
 
 
@@ -82,6 +84,21 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace an existing output.dir")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     train.set_defaults(handler=_train)
+
+    evaluation = commands.add_parser(
+        "eval", help="dispatch held-out calls through an adapter and report accuracy and speed",
+        epilog="examples:\n  localdistil eval recipes/three_digit_multiply.yaml\n"
+        "  localdistil eval --adapter runs/three_digit_multiply --data traces/holdout.jsonl",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluation.add_argument("recipe", nargs="?", help="a recipe: its output.dir and its held-out split")
+    evaluation.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys")
+    evaluation.add_argument("--adapter", help="a run or adapter directory (instead of a recipe)")
+    evaluation.add_argument("--data", nargs="+", help="record files to evaluate on (with --adapter)")
+    evaluation.add_argument("--limit", type=int, help="evaluate at most this many calls")
+    evaluation.add_argument("--batch-size", type=int, default=8, help="calls per generation batch (default 8)")
+    evaluation.add_argument("--out", help="where to write eval.json and eval.md (default: the run directory)")
+    evaluation.set_defaults(handler=_eval)
     return parser
 
 
@@ -134,6 +151,9 @@ def _train(args: argparse.Namespace) -> int:
           f"{metrics['tokens_per_second']} tokens/s")
     print(f"adapter   {result.adapter_dir}")
     print(f"metrics   {result.output_dir / 'metrics.json'}")
+    if "eval" in metrics:
+        print(f"eval      {result.output_dir / 'eval.md'} (exact match {metrics['eval']['exact_match']:.1%}, "
+              f"valid {metrics['eval']['valid_rate']:.1%})")
     if (result.output_dir / "loss.png").exists():
         print(f"plot      {result.output_dir / 'loss.png'}")
     return 0
@@ -161,6 +181,37 @@ def _records_stats(args: argparse.Namespace) -> int:
         if len(record_set.problems) > 50:
             print(f"  ... and {len(record_set.problems) - 50} more")
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluate import evaluate, format_eval, write_eval
+
+    if args.adapter:
+        if args.recipe or not args.data:
+            raise _usage("eval takes a recipe, or --adapter with --data, not both")
+        from .records import read_records
+
+        adapter, records = Path(args.adapter), read_records(args.data).records
+    elif args.recipe:
+        from .dataset import select_records
+        from .recipe import load_recipe
+
+        recipe = load_recipe(args.recipe, args.overrides)
+        adapter, records = Path(recipe.output.dir), select_records(recipe).eval
+    else:
+        raise _usage("eval needs a recipe, or --adapter DIR --data FILE")
+    records = records[: args.limit] if args.limit else records
+    report = evaluate(adapter, records, batch_size=args.batch_size)
+    json_path, md_path = write_eval(report, Path(args.out) if args.out else adapter)
+    print(format_eval(report))
+    print(f"\nwrote {json_path} and {md_path}")
+    return 0
+
+
+def _usage(message: str) -> LocaldistilError:
+    return LocaldistilError(f"{message}. See: localdistil eval --help")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from .adapter import Manifest, adapter_dir, check_compatible, mismatch_error, read_manifest, tokenizer_hash
+from .adapter import MANIFEST_NAME, Manifest, adapter_dir, check_compatible, mismatch_error, read_manifest, tokenizer_hash
 from .errors import AdapterError, DispatchError
 from .prompts import encode_prompt, render_messages
 from .spec import FunctionSpec
@@ -46,7 +46,7 @@ ON_INVALID = ("raise", "retry", "fallback")
 ON_MISMATCH = ("raise", "warn")
 RETRY_TEMPERATURE = 0.7
 
-_LOADED: dict[Path, LoadedAdapter] = {}
+_LOADED: dict[tuple[Path, int, int], LoadedAdapter] = {}
 _LOADING = threading.Lock()
 
 
@@ -96,13 +96,17 @@ def load_adapter(path: str | Path) -> LoadedAdapter:
         ModelError: the base model cannot be found or loaded.
     """
     directory = adapter_dir(path).resolve()
-    loaded = _LOADED.get(directory)
+    stat = (directory / MANIFEST_NAME).stat()
+    key = (directory, stat.st_mtime_ns, stat.st_size)  # a retrained adapter is loaded anew
+    loaded = _LOADED.get(key)
     if loaded is not None:
         return loaded
     with _LOADING:
-        loaded = _LOADED.get(directory)
+        loaded = _LOADED.get(key)
         if loaded is None:
-            loaded = _LOADED[directory] = _load(directory)
+            for stale in [k for k in _LOADED if k[0] == directory]:
+                del _LOADED[stale]
+            loaded = _LOADED[key] = _load(directory)
     return loaded
 
 

@@ -4,7 +4,8 @@ The run's output directory (``output.dir``)::
 
     adapter/            PEFT files + tokenizer + localdistil.json (what dispatch loads)
     checkpoints/        periodic trainer checkpoints (``--resume`` continues from the last)
-    metrics.json        losses, token counts, throughput, dataset report
+    metrics.json        losses, token counts, throughput, dataset report, eval summary
+    eval.json, eval.md  dispatch accuracy on up to ``train.eval_samples`` held-out calls
     loss.png            the loss curves (``output.plot``)
     recipe.yaml         the recipe as run
 
@@ -139,6 +140,15 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
         trainer.model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         write_manifest(staging, manifest)
+    held_out = [r for r in selection.eval if r.args is not None][: recipe.train.eval_samples]
+    if held_out:
+        from .evaluate import evaluate, format_eval, write_eval
+
+        _say(f"evaluating the adapter on {len(held_out)} held-out call(s)")
+        report = evaluate(adapter_path, held_out)
+        write_eval(report, output_dir)
+        metrics["eval"] = {k: v for k, v in report.to_dict().items() if k != "samples"}
+        _say(format_eval(report))
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     if recipe.output.plot:
         plot_losses(metrics, output_dir / "loss.png")

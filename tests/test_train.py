@@ -63,6 +63,10 @@ def test_training_lowers_the_loss_and_writes_a_loadable_adapter(tiny_model_dir, 
     assert json.loads((result.output_dir / "metrics.json").read_text())["steps"] == 16
     assert (result.output_dir / "loss.png").stat().st_size > 1000
     assert (result.output_dir / "recipe.yaml").read_text().startswith("model:")
+    evaluation = json.loads((result.output_dir / "eval.json").read_text())
+    assert evaluation["examples"] == 3 and len(evaluation["samples"]) == 3
+    assert metrics["eval"]["examples"] == 3 and 0 <= metrics["eval"]["valid_rate"] <= 1
+    assert "| exact match |" in (result.output_dir / "eval.md").read_text()
 
     saved = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
     assert saved and all("lora_" in name for name in saved)  # only the adapter is saved
@@ -161,3 +165,8 @@ def test_train_command_prints_where_everything_is(tiny_model_dir, traced_multipl
     assert "in 4 steps" in out and f"adapter   {tmp_path / 'run' / 'adapter'}" in out
     assert main(["train", str(recipe)]) == 1
     assert "already exists" in capsys.readouterr().err
+    assert main(["eval", str(recipe), "--limit", "2", "--out", str(tmp_path / "ev")]) == 0
+    assert "| examples | 2 |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["examples"] == 2
+    assert main(["eval"]) == 1
+    assert "eval needs a recipe" in capsys.readouterr().err
