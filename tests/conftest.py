@@ -21,3 +21,26 @@ def tiny_model_dir(tmp_path_factory):
     from tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def smollm2_home(tmp_path_factory):
+    """A LOCALDISTIL_HOME holding the embedded SmolLM2, converted once per test session.
+
+    Tests that use it set LOCALDISTIL_HOME to it (monkeypatch) so they share the conversion.
+    """
+    import os
+
+    from localdistil.models import resolve_model
+
+    home = tmp_path_factory.mktemp("smollm2-home")
+    previous = os.environ.get("LOCALDISTIL_HOME")
+    os.environ["LOCALDISTIL_HOME"] = str(home)
+    try:
+        resolve_model("smollm2-135m")
+    finally:
+        if previous is None:
+            os.environ.pop("LOCALDISTIL_HOME", None)
+        else:
+            os.environ["LOCALDISTIL_HOME"] = previous
+    return home
