@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Without a GPU, pin the CPU build of torch: a plain `torch` pulls several GB of CUDA packages.
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo demo-quick test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(BIN)/python examples/demo.py
+
+demo-quick: install
+	$(BIN)/python examples/demo.py --quick
 
 test: install
 	$(BIN)/python -m pytest

@@ -1,0 +1,178 @@
+"""Dispatch speed on the embedded SmolLM2-135M, measured in one run, printed as ratios.
+
+    python bench/dispatch.py [--adapter RUN_DIR] [--calls 6]
+
+Without --adapter, a small multiply adapter is trained first (8 CPU steps, about a minute), so
+that both sides below answer with the same fine-tuned weights.
+
+  constrained vs unconstrained   per generated token, batch 1: localdistil's grammar-constrained
+                                 decode loop vs ``model.generate`` (greedy, no grammar) producing
+                                 the same number of tokens; with fast-forward of forced tokens,
+                                 and without it (mask cost alone).         target <= 1.05x
+  dispatch vs Outlines Generator latency per call, same merged model, adapter and schema:
+                                 ``fn(a, b)`` in dispatch mode vs ``outlines.Generator(model,
+                                 Multiply)`` given instructor's prompt for the same call.
+                                                                            target <= 0.5x
+  first-call setup               localdistil's grammar (cold) vs Outlines' Generator construction
+                                 plus its first call, per Outlines backend.
+  batch 8 vs batch 1             dispatch throughput, calls per second.     target >= 3x
+  prompt tokens                  localdistil's compact prompt vs instructor's prompt for the
+                                 same call.                                 target <= 50%
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "three_digit_multiply"
+sys.path.insert(0, str(EXAMPLE))
+
+from task import Multiply, inputs, multiply  # noqa: E402
+
+
+def train_adapter(root: Path) -> Path:
+    from localdistil import Instructions
+    from localdistil.recipe import parse_recipe
+    from localdistil.train import train
+
+    traces = root / "multiply.jsonl"
+    traced = Instructions(path=str(traces)).distil(multiply)
+    for call in inputs(120, seed=3):
+        traced(**call)
+    recipe = parse_recipe({
+        "model": "smollm2-135m",
+        "data": {"train": [str(traces)], "eval_fraction": 0},
+        "train": {"max_steps": 8, "batch_size": 8, "learning_rate": 1e-3, "save_steps": 1000},
+        "output": {"dir": str(root / "run"), "plot": False},
+    })
+    return train(recipe).output_dir
+
+
+def timed(fn, repeats: int) -> list[float]:
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--adapter", help="a multiply training run to use (default: train one)")
+    parser.add_argument("--calls", type=int, default=6, help="calls timed per measurement")
+    args = parser.parse_args()
+
+    import torch
+
+    from localdistil import Instructions
+    from localdistil.dispatch import load_adapter
+    from localdistil.generate import generate_json
+    from localdistil.grammar import JsonGrammar
+    from localdistil.prompts import encode_prompt, render_messages
+
+    torch.manual_seed(0)
+    random.seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(args.adapter) if args.adapter else train_adapter(Path(tmp))
+        fn = Instructions().distil(model=str(run), mode="dispatch")(multiply)
+        loaded = load_adapter(run)
+        model, tokenizer = loaded.model, loaded.tokenizer
+        calls = inputs(args.calls, seed=11)
+        schema = Multiply.model_json_schema()
+
+        # -- first-call setup ---------------------------------------------------------------
+        start = time.perf_counter()
+        grammar = JsonGrammar.for_schema(schema, tokenizer)
+        grammar_setup = time.perf_counter() - start
+        fn(**calls[0])  # warm: masks of the visited states are cached from here on
+
+        # -- prompt tokens --------------------------------------------------------------------
+        spec = fn.spec
+        bound = [spec.bind((), c) for c in calls]
+        compact = [len(loaded.prompt_ids(b)) for b in bound]
+        instructor_prompts = [render_messages(name=spec.name, args=b, style="full", signature=spec.signature, doc=spec.doc) for b in bound]
+        for messages, b in zip(instructor_prompts, bound):  # instructor's exact user text
+            messages[1]["content"] = f"Return `{spec.name}({', '.join(str(v) for v in b.values())})`"
+        full = [len(encode_prompt(tokenizer, m)) for m in instructor_prompts]
+
+        # -- constrained vs unconstrained, batch 1 ---------------------------------------------
+        prompt = loaded.prompt_ids(bound[0])
+        results = generate_json(model, tokenizer, grammar, [prompt], max_new_tokens=64)
+        n_tokens = results[0].token_count
+        ids = torch.tensor([prompt])
+
+        def unconstrained():
+            with torch.inference_mode():
+                model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_tokens,
+                               min_new_tokens=n_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+
+        def constrained(fast_forward: bool):
+            return lambda: generate_json(model, tokenizer, grammar, [prompt], max_new_tokens=64, fast_forward=fast_forward)
+
+        plain_s = statistics.median(timed(unconstrained, args.calls))
+        ff_s = statistics.median(timed(constrained(True), args.calls))
+        step_s = statistics.median(timed(constrained(False), args.calls))
+
+        # -- dispatch latency vs Outlines Generator ---------------------------------------------
+        dispatch_s = statistics.median(timed(lambda: [fn(**c) for c in calls], 1)) / len(calls)
+        import outlines
+
+        outlines_model = outlines.from_transformers(model, tokenizer)
+        texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in instructor_prompts]
+        setups, outlines_latency = {}, {}
+        for backend in ("outlines_core", "xgrammar", "llguidance"):
+            try:
+                start = time.perf_counter()
+                generator = outlines.Generator(outlines_model, Multiply, backend=backend)
+                generator(texts[0], max_new_tokens=64)
+                setups[backend] = time.perf_counter() - start
+                start = time.perf_counter()
+                answers = [generator(t, max_new_tokens=64) for t in texts]
+                outlines_latency[backend] = (time.perf_counter() - start) / len(texts)
+                valid = sum(_valid(a) for a in answers)
+                outlines_latency[backend + " valid"] = valid / len(texts)
+            except Exception as exc:  # a backend that is not installed or fails: say so
+                setups[backend] = f"unavailable ({type(exc).__name__}: {str(exc)[:60]})"
+
+        # -- batch 8 vs batch 1 ------------------------------------------------------------------
+        eight = inputs(8, seed=5)
+        one_s = statistics.median(timed(lambda: [fn(**c) for c in eight], 1))
+        batch_s = statistics.median(timed(lambda: fn.batch(eight), 2))
+
+    print(f"\nSmolLM2-135M + LoRA (merged), CPU, {torch.get_num_threads()} threads; medians")
+    print(f"prompt tokens          localdistil {statistics.fmean(compact):.0f}, instructor {statistics.fmean(full):.0f}"
+          f"   ratio {statistics.fmean(compact) / statistics.fmean(full):.0%}   (target <= 50%)")
+    print(f"per generated token    unconstrained {plain_s / n_tokens * 1000:.1f} ms, constrained "
+          f"{step_s / n_tokens * 1000:.1f} ms step by step, {ff_s / n_tokens * 1000:.1f} ms with fast-forward")
+    print(f"  constrained / unconstrained   {step_s / plain_s:.2f}x step by step, {ff_s / plain_s:.2f}x with fast-forward"
+          "   (target <= 1.05x)")
+    print(f"first-call setup       localdistil grammar {grammar_setup * 1000:.0f} ms")
+    for backend, value in setups.items():
+        shown = f"{value:.2f} s" if isinstance(value, float) else value
+        print(f"                       Outlines Generator ({backend}) + first call: {shown}")
+    print(f"latency per call       localdistil dispatch {dispatch_s * 1000:.0f} ms")
+    for backend, value in outlines_latency.items():
+        if backend.endswith(" valid"):
+            continue
+        print(f"                       Outlines Generator ({backend}) {value * 1000:.0f} ms,"
+              f" valid {outlines_latency[backend + ' valid']:.0%}   ratio {dispatch_s / value:.2f}x   (target <= 0.5x)")
+    print(f"batch 8 vs batch 1     {8 / batch_s:.2f} vs {8 / one_s:.2f} calls/s   ratio {one_s / batch_s:.2f}x   (target >= 3x)")
+
+
+def _valid(text: str) -> bool:
+    try:
+        Multiply.model_validate_json(text)
+        return True
+    except Exception:
+        return False
+
+
+if __name__ == "__main__":
+    main()
