@@ -18,26 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from localdistil import Instructions
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "three_digit_multiply"))
 
-class Multiply(BaseModel):
-    a: int
-    b: int
-    result: int
-
-
-def multiply(a: int, b: int) -> Multiply:
-    """Multiply two three-digit numbers."""
-    return Multiply(a=a, b=b, result=a * b)
+from task import Multiply, multiply  # noqa: E402
 
 
 def file_logger(path: Path, name: str) -> logging.Logger:

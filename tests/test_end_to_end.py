@@ -4,26 +4,20 @@ trace -> dataset -> train (a few steps, CPU) -> eval -> dispatch. Slow: about tw
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
 
 from localdistil import Instructions, read_records
 from localdistil.adapter import read_manifest
 from localdistil.cli import main
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "three_digit_multiply"))
+
+from task import Multiply, multiply  # noqa: E402  the seed example itself
+
 pytestmark = pytest.mark.slow
-
-
-class Multiply(BaseModel):
-    a: int
-    b: int
-    result: int
-
-
-def multiply(a: int, b: int) -> Multiply:
-    """Multiply two three-digit numbers."""
-    return Multiply(a=a, b=b, result=a * b)
 
 
 @pytest.fixture(scope="module")
