@@ -146,6 +146,8 @@ def _train(args: argparse.Namespace) -> int:
     from .train import train
 
     result = train(load_recipe(args.recipe, args.overrides), overwrite=args.overwrite, resume=args.resume)
+    if not result.is_main_process:  # accelerate launch: the main process reports for all
+        return 0
     metrics = result.metrics
     print(f"\nloss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f} in {metrics['steps']} steps, "
           f"{metrics['tokens_per_second']} tokens/s")

@@ -14,6 +14,14 @@ data, records of several functions, an unknown model, a GPU-only option on a CPU
 reported before any model is loaded. Precision ``auto`` is bf16 on GPUs that support it and fp32
 otherwise. The adapter is written into a temporary directory and renamed into place, so a crash
 never leaves a half-written adapter that looks complete.
+
+Several processes (``accelerate launch --num_processes 2 -m localdistil train recipe.yaml``; DDP by
+default, FSDP with an accelerate config, see ``recipes/accelerate/``) train one adapter together.
+Every process checks the input; the main one alone fetches or converts the model first (the
+others then find it cached), prepares ``output.dir`` (``--overwrite`` deletes it once, after every
+process has checked it) and writes the adapter, manifest, metrics, evaluation and plot; the
+Trainer writes checkpoints across processes, so ``--resume`` works as in one process. The other
+processes return once the adapter is gathered, with ``TrainResult.is_main_process`` false.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import json
 import shutil
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +45,8 @@ if TYPE_CHECKING:
     from .recipe import Recipe
 
 CHECKPOINTS_SUBDIR = "checkpoints"
+#: How long a process waits for the others at a barrier (transformers' ``ddp_timeout`` default).
+PROCESS_GROUP_TIMEOUT = timedelta(seconds=1800)
 
 
 @dataclasses.dataclass
@@ -45,6 +56,8 @@ class TrainResult:
     output_dir: Path
     adapter_dir: Path
     metrics: dict[str, Any]
+    is_main_process: bool = True
+    """False in the other processes of a multi-process run: they wrote nothing and did not evaluate."""
 
 
 def _say(message: str) -> None:
@@ -100,29 +113,42 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     Raises:
         RecipeError, DatasetError, ModelError: bad input, before any model is loaded.
     """
+    state = _process_state()
+    main = state.is_main_process
     output_dir = Path(recipe.output.dir)
     _prepare_output(output_dir, overwrite=overwrite, resume=resume)
     selection = select_records(recipe)
     precision = choose_precision(recipe)
-    model_path = resolve_model(recipe.model)
+    with state.main_process_first():  # one process fetches or converts; the others find it cached
+        model_path = resolve_model(recipe.model)
 
-    if overwrite and output_dir.exists():
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    state.wait_for_everyone()  # every process has checked output.dir before the main one changes it
+    if main:
+        if overwrite and output_dir.exists():
+            shutil.rmtree(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    state.wait_for_everyone()
 
     tokenizer = load_tokenizer(model_path)
     data = build_dataset(selection, tokenizer, recipe)
-    _say(format_report(data.report))
+    if main:
+        _say(format_report(data.report))
 
     trainer = _make_trainer(recipe, model_path, tokenizer, data, output_dir, precision)
-    _say(f"training {recipe.model} with LoRA r={recipe.lora.r} in {precision} on {_device_name()}")
+    if main:
+        processes = f" x {state.num_processes} processes" if state.num_processes > 1 else ""
+        _say(f"training {recipe.model} with LoRA r={recipe.lora.r} in {precision} on {_device_name()}{processes}")
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - started
 
     metrics = _metrics(trainer, data, seconds, precision)
     adapter_path = output_dir / ADAPTER_SUBDIR
+    # FSDP shards the weights: every process takes part in gathering them (as Trainer.save_model)
+    state_dict = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
+    if not main:
+        return TrainResult(output_dir=output_dir, adapter_dir=adapter_path, metrics=metrics, is_main_process=False)
     manifest = Manifest(
         base_model=recipe.model,
         base_model_path=str(model_path),
@@ -137,7 +163,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
         versions=library_versions(),
     )
     with writing_directory(adapter_path) as staging:
-        trainer.model.save_pretrained(staging)
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(staging, state_dict=state_dict)
         tokenizer.save_pretrained(staging)
         write_manifest(staging, manifest)
     held_out = [r for r in selection.eval if r.args is not None][: recipe.train.eval_samples]
@@ -153,6 +179,18 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     if recipe.output.plot:
         plot_losses(metrics, output_dir / "loss.png")
     return TrainResult(output_dir=output_dir, adapter_dir=adapter_path, metrics=metrics)
+
+
+def _process_state() -> Any:
+    """accelerate's view of this process: alone, or one of several (``accelerate launch``).
+
+    Created as the Trainer will create it (on the CPU when there is no CUDA GPU, gloo between
+    processes), so that the process group exists before the first barrier.
+    """
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=PROCESS_GROUP_TIMEOUT)
 
 
 def _device_name() -> str:
