@@ -255,34 +255,40 @@ class Instructions:
         spec = builder.spec
         traced = self._traced(fn, builder)
 
-        def split(calls: Sequence[Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+        def pairs_of(calls: Sequence[Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+            """Batch items: a mapping of keyword arguments or a sequence of positional ones."""
             return [((), dict(c)) if isinstance(c, Mapping) else (tuple(c), {}) for c in calls]
+
+        def model_answers(pairs: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+            return dispatcher.answer_many([spec.bind(args, kwargs) for args, kwargs in pairs])
 
         if inspect.iscoroutinefunction(fn):
 
-            async def abatch(calls: Sequence[Any]) -> list[Any]:
-                pairs = split(calls)
-                answers = await asyncio.to_thread(dispatcher.answer_many, [spec.bind(a, k) for a, k in pairs])
-                return [answer if answer is not None else await traced(*a, **k) for answer, (a, k) in zip(answers, pairs)]
+            async def answer(pairs: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+                answers = await asyncio.to_thread(model_answers, pairs)
+                return [a if a is not None else await traced(*args, **kwargs) for a, (args, kwargs) in zip(answers, pairs)]
 
             @functools.wraps(fn)
             async def dispatch_async(*args: Any, **kwargs: Any) -> Any:
-                (answer,) = await asyncio.to_thread(dispatcher.answer_many, [spec.bind(args, kwargs)])
-                return answer if answer is not None else await traced(*args, **kwargs)
+                return (await answer([(args, kwargs)]))[0]
+
+            async def abatch(calls: Sequence[Any]) -> list[Any]:
+                return await answer(pairs_of(calls))
 
             wrapper: Any = dispatch_async
             wrapper.batch = abatch
         else:
 
-            def batch(calls: Sequence[Any]) -> list[Any]:
-                pairs = split(calls)
-                answers = dispatcher.answer_many([spec.bind(a, k) for a, k in pairs])
-                return [answer if answer is not None else traced(*a, **k) for answer, (a, k) in zip(answers, pairs)]
+            def answer_sync(pairs: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+                answers = model_answers(pairs)
+                return [a if a is not None else traced(*args, **kwargs) for a, (args, kwargs) in zip(answers, pairs)]
 
             @functools.wraps(fn)
             def dispatch(*args: Any, **kwargs: Any) -> Any:
-                (answer,) = dispatcher.answer_many([spec.bind(args, kwargs)])
-                return answer if answer is not None else traced(*args, **kwargs)
+                return answer_sync([(args, kwargs)])[0]
+
+            def batch(calls: Sequence[Any]) -> list[Any]:
+                return answer_sync(pairs_of(calls))
 
             wrapper = dispatch
             wrapper.batch = batch
