@@ -6,6 +6,7 @@ library function, which is importable and tested on its own.
     localdistil dataset recipes/three_digit_multiply.yaml
     localdistil train recipes/three_digit_multiply.yaml train.max_steps=20
     localdistil eval recipes/three_digit_multiply.yaml
+    localdistil export runs/three_digit_multiply --merged exports/three_digit_multiply
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ EPILOG = """examples:
   localdistil train recipes/three_digit_multiply.yaml
   localdistil train recipes/three_digit_multiply.yaml train.max_steps=20 output.dir=/tmp/run --overwrite
   localdistil eval recipes/three_digit_multiply.yaml
+  localdistil export runs/three_digit_multiply --merged exports/three_digit_multiply
 """
 
 
@@ -99,6 +101,17 @@ def make_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--batch-size", type=int, default=8, help="calls per generation batch (default 8)")
     evaluation.add_argument("--out", help="where to write eval.json and eval.md (default: the run directory)")
     evaluation.set_defaults(handler=_eval)
+
+    export = commands.add_parser(
+        "export", help="write a merged model, and print the vLLM command that serves the adapter",
+        epilog="examples:\n  localdistil export runs/three_digit_multiply\n"
+        "  localdistil export runs/three_digit_multiply --merged exports/three_digit_multiply",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("run", help="a training run's output.dir, or its adapter directory")
+    export.add_argument("--merged", metavar="OUT", help="write the base model with the adapter merged in here")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    export.set_defaults(handler=_export)
     return parser
 
 
@@ -209,6 +222,17 @@ def _eval(args: argparse.Namespace) -> int:
     json_path, md_path = write_eval(report, Path(args.out) if args.out else adapter)
     print(format_eval(report))
     print(f"\nwrote {json_path} and {md_path}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_merged, vllm_command
+
+    command = vllm_command(args.run)
+    if args.merged:
+        out = export_merged(args.run, args.merged, overwrite=args.overwrite)
+        print(f"merged model  {out}  (AutoModelForCausalLM.from_pretrained, or: vllm serve {out})")
+    print(f"serve the adapter unmerged with vLLM:\n  {command}")
     return 0
 
 
