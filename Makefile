@@ -4,7 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Without a GPU, pin the CPU build of torch: a plain `torch` pulls several GB of CUDA packages.
+# The CI machines' pip finds a local CPU wheel of 2.13.0; elsewhere, point pip at PyTorch's CPU
+# index: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+TORCH_INDEX ?=
 
 .PHONY: install demo demo-quick test test-fast bench clean
 
@@ -12,7 +15,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $@
 
