@@ -1,0 +1,563 @@
+"""The constrained generation engine: canonical JSON grammar, decode loop, fast-forward, budget.
+
+Most tests run a tiny random-weight Llama (``tiny_model.py``) whose projection weights are scaled
+up, so that greedy paths depend on the prompt and sampled outputs close their strings; a few
+use a byte-only tokenizer, where every forced byte is exactly one token. The ``slow`` tests run
+the embedded SmolLM2 model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+from enum import Enum
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from tiny_model import CHAT_TEMPLATE
+
+from localdistil.errors import DispatchError
+from localdistil.generate import GenerationResult, generate_json, max_tokens_for
+from localdistil.grammar import (
+    BACKENDS,
+    INTEGER,
+    NUMBER,
+    STRING_INNER,
+    JsonGrammar,
+    canonical_schema,
+)
+
+
+class Colour(str, Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Point(BaseModel):
+    x: float
+    y: float = 0.0
+
+
+class Item(BaseModel):
+    label: str
+    count: int
+    where: Point | None = None
+
+
+class Nested(BaseModel):
+    title: str
+    colour: Colour
+    mood: Literal["happy", "sad"]
+    items: list[Item] = []
+    scores: list[float]
+    note: str | None = None
+    ok: bool
+    total: int
+
+
+class Multiply(BaseModel):
+    a: int
+    b: int
+    result: int
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+
+def _sharpen(model, factor: float = 30.0):
+    """Scale the attention and MLP weights: random logits then depend strongly on the context."""
+    import torch
+
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "proj" in name:
+                parameter.mul_(factor)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(model, tokenizer): the shared tiny model, sharpened."""
+    from tiny_model import build_tiny_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = build_tiny_model(tmp_path_factory.mktemp("tiny"))
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = _sharpen(AutoModelForCausalLM.from_pretrained(directory).eval())
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def byte_tiny():
+    """(model, tokenizer) with a byte-only vocabulary (no merges): one token per byte."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {token: i for i, token in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>",
+                                        eos_token="<|im_end|>", pad_token="<|im_end|>",
+                                        unk_token="<|endoftext|>", additional_special_tokens=specials,
+                                        chat_template=CHAT_TEMPLATE)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = _sharpen(LlamaForCausalLM(config).eval())
+    return model, tokenizer
+
+
+def _closing_bias(model, tokenizer, strength: float = 3.0):
+    """``model`` with a bonus on tokens holding ``"``: random weights then close
+    their strings within a few dozen tokens instead of hundreds."""
+    import torch
+
+    bias = torch.tensor([strength if '"' in token else 0.0
+                         for token in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))])
+
+    class Biased(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, **kwargs):
+            out = self.inner(**kwargs)
+            out.logits = out.logits + bias
+            return out
+
+    return Biased()
+
+
+def _prompts(tokenizer, count: int) -> list[list[int]]:
+    """Chat prompts of different lengths, so a batch needs padding."""
+    prompts = []
+    for number in range(count):
+        messages = [{"role": "user", "content": f"Return fn(a={number * 37}, b={'x' * number})"}]
+        prompts.append(list(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                          tokenize=True, return_dict=True)["input_ids"]))
+    return prompts
+
+
+def _count_forward_passes(model, monkeypatch) -> list[int]:
+    calls = []
+    original = model.forward
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[1])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counting)
+    return calls
+
+
+_NUMBER_LITERAL = re.compile(r"-?[0-9]+(\.[0-9]+)?(e[+-][0-9]+)?")
+
+
+def _long_floats_by_value(text: str) -> str:
+    """``text`` with each float literal of 16-17 significant digits rewritten as Pydantic writes
+    its value: the grammar admits every such literal (see grammar.SIGNIFICANT_DIGITS), and only
+    the shortest one for its value is canonical."""
+
+    def rewrite(match: re.Match) -> str:
+        literal = match.group(0)
+        mantissa = re.split("e", literal)[0].lstrip("-").replace(".", "").lstrip("0")
+        if "." not in literal or len(mantissa.rstrip("0")) < 16:
+            return literal
+        return TypeAdapter(float).dump_json(float(literal)).decode()
+
+    return _NUMBER_LITERAL.sub(rewrite, text)
+
+
+def _assert_canonical(result: GenerationResult, model_type: type[BaseModel]) -> None:
+    assert result.finished, result.text
+    parsed = model_type.model_validate_json(result.text)
+    dumped = parsed.model_dump_json()
+    assert dumped == result.text or _long_floats_by_value(dumped) == _long_floats_by_value(result.text)
+
+
+# --- the canonical grammar pieces -------------------------------------------------------------
+
+CANONICAL_FLOATS = ["0.0", "-0.0", "1.0", "1.5", "-2.25", "0.00001", "0.000123", "123456789012345.0",
+                    "12345678901234.5", "1000000000000000.0", "1e-6", "9.9e-6", "-1.5e-7", "1e+16",
+                    "2.5e+100", "1.7e+307", "3.14159265358979", "0.30000000000000004", "2.3333333333333335",
+                    "1234567890123456.0", "-1.2345678901234567e-100"]
+NOT_CANONICAL_FLOATS = ["1", "1.50", "01.0", "1.", ".5", "1e16", "1E+16", "1.0e+16", "1e+15", "0.000001",
+                        "-0", "+1.0", "1e-05", "1e+308", "1.0 ", "0.123456789012345678",
+                        "12345678901234567.0"]
+
+
+@pytest.mark.parametrize("text", CANONICAL_FLOATS)
+def test_number_pattern_admits_what_pydantic_writes(text):
+    assert re.fullmatch(NUMBER, text)
+    assert TypeAdapter(float).dump_json(float(text)).decode() == text
+
+
+@pytest.mark.parametrize("text", NOT_CANONICAL_FLOATS)
+def test_number_pattern_refuses_other_spellings(text):
+    assert not re.fullmatch(NUMBER, text)
+
+
+def test_every_float_is_admitted_in_pydantic_form():
+    rng = random.Random(0)
+    dump = TypeAdapter(float).dump_json
+    for _ in range(3000):
+        value = rng.choice([rng.uniform(-1e6, 1e6), rng.random() / 3, 1 / rng.randint(1, 10 ** 6),
+                            rng.uniform(-1, 1) * 10 ** rng.randint(-300, 300)])
+        assert re.fullmatch(NUMBER, dump(value).decode()), value
+
+
+def test_floats_of_at_most_15_digits_are_admitted_only_in_pydantic_form():
+    rng = random.Random(1)
+    for _ in range(3000):
+        digits = rng.randint(1, 15)
+        mantissa = rng.randint(10 ** (digits - 1), 10 ** digits - 1)
+        exponent = rng.randint(-300, 290)
+        canonical = TypeAdapter(float).dump_json(float(f"{mantissa}e{exponent}")).decode()
+        assert re.fullmatch(NUMBER, canonical)
+        padded = canonical + "0" if "e" not in canonical else canonical.replace("e", ".0e", 1)
+        for other in (padded, f"{mantissa}e{exponent}", f"{mantissa}.0e{exponent}"):
+            if other != canonical:
+                assert not re.fullmatch(NUMBER, other), (other, canonical)
+
+
+def test_integer_pattern_is_canonical():
+    for text in ["0", "7", "-7", "10", "123456789012345678901234567890"]:
+        assert re.fullmatch(INTEGER, text) and str(int(text)) == text
+    for text in ["-0", "01", "+1", "1.0", ""]:
+        assert not re.fullmatch(INTEGER, text)
+
+
+def test_string_pattern_matches_pydantic_escaping():
+    string = f'"{STRING_INNER}*"'
+    samples = ['plain', 'quote " back \\ slash /', 'new\nline\ttab\rcr\bbs\fff', '\x00\x01\x0b\x1f\x7f\x85',
+               'é ü 中文 😀 \u2028', '']
+    for sample in samples:
+        text = TypeAdapter(str).dump_json(sample).decode()
+        assert re.fullmatch(string, text), text
+    for text in ['"\\/"', '"\\u0041"', '"\\u000A"', '"\n"', '"\\x"', '"""']:
+        assert not re.fullmatch(string, text), text
+
+
+def test_canonical_schema_requires_every_field_and_keeps_field_names():
+    class Odd(BaseModel):
+        properties: int = 1
+        required: str | None = None
+        inner: Point
+
+    schema = canonical_schema(Odd.model_json_schema())
+    assert schema["required"] == ["properties", "required", "inner"]
+    assert list(schema["properties"]) == ["properties", "required", "inner"]
+    assert schema["$defs"]["Point"]["required"] == ["x", "y"]
+    assert Odd.model_json_schema()["required"] == ["inner"]  # the caller's schema is untouched
+
+
+# --- the grammar over a real tokenizer --------------------------------------------------------
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+def _walk(grammar: JsonGrammar, token_ids: list[int]):
+    cursor = grammar.cursor()
+    for token in token_ids:
+        if not cursor.advance(token):
+            return None
+    return cursor
+
+
+TRICKY = [
+    Nested(title='say "hi"\\ now\n\ttab \x01\x1f\x7f é 中 😀 / end', colour=Colour.BLUE, mood="sad",
+           items=[Item(label="", count=-12, where=Point(x=-0.0, y=1.5e-7)), Item(label="b", count=0)],
+           scores=[0.1, 1e+16, -2.5, 0.00001, 1 / 3], note=None, ok=False, total=123456789012),
+    Nested(title="", colour=Colour.RED, mood="happy", scores=[], note="x", ok=True, total=0),
+]
+
+
+@pytest.mark.parametrize("instance", TRICKY, ids=["escapes", "empty"])
+def test_grammar_admits_the_canonical_text_tokenized_naturally(tiny, backend, instance):
+    _, tokenizer = tiny
+    grammar = JsonGrammar.for_schema(Nested.model_json_schema(), tokenizer, backend=backend)
+    text = instance.model_dump_json()
+    assert re.fullmatch(grammar.regex, text)
+    cursor = _walk(grammar, tokenizer.encode(text, add_special_tokens=False))
+    assert cursor is not None and cursor.is_final() and cursor.is_terminal()
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d.replace('"colour"', ' "colour"'),  # free whitespace
+    lambda d: d.replace(',"note":"x"', ''),  # a defaulted field left out
+    lambda d: d.replace('"total":0', '"total":0.0'),  # a float for an int
+    lambda d: d.replace('"total":0', '"total":-0'),
+    lambda d: d.replace('"scores":[]', '"scores":[1.50]'),
+    lambda d: d.replace('"title":""', '"title":"\\/"'),
+    lambda d: d.replace('"ok":true', '"ok":true,"extra":1'),
+    lambda d: d.replace('"colour":"red","mood":"happy"', '"mood":"happy","colour":"red"'),
+], ids=["whitespace", "missing-default", "float-for-int", "minus-zero", "trailing-zero", "escaped-slash",
+        "extra-key", "key-order"])
+def test_grammar_refuses_non_canonical_text(tiny, backend, change):
+    _, tokenizer = tiny
+    grammar = JsonGrammar.for_schema(Nested.model_json_schema(), tokenizer, backend=backend)
+    text = change(TRICKY[1].model_dump_json())
+    assert text != TRICKY[1].model_dump_json()
+    assert not re.fullmatch(grammar.regex, text)
+    cursor = _walk(grammar, tokenizer.encode(text, add_special_tokens=False))
+    assert cursor is None or not cursor.is_final()
+
+
+def test_grammar_cache_returns_the_same_object_once_built(tiny, monkeypatch):
+    import localdistil.grammar as grammar_module
+
+    _, tokenizer = tiny
+
+    class Fresh(BaseModel):
+        value: int
+
+    builds = []
+    original = grammar_module.canonical_regex
+    monkeypatch.setattr(grammar_module, "canonical_regex", lambda schema: builds.append(1) or original(schema))
+    found: list[JsonGrammar] = []
+    threads = [threading.Thread(target=lambda: found.append(JsonGrammar.for_schema(Fresh.model_json_schema(),
+                                                                                   tokenizer)))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(found) == 8 and all(grammar is found[0] for grammar in found)
+    assert len(builds) == 1
+    assert JsonGrammar.for_schema(Fresh.model_json_schema(), tokenizer) is found[0]
+    assert JsonGrammar.for_schema(Fresh.model_json_schema(), tokenizer, backend="outlines_core") is not found[0]
+    assert JsonGrammar.for_schema(Multiply.model_json_schema(), tokenizer) is not found[0]
+
+
+def test_forced_runs_are_the_tokenizers_own_tokens(tiny, backend):
+    _, tokenizer = tiny
+    grammar = JsonGrammar.for_schema(Multiply.model_json_schema(), tokenizer, backend=backend)
+    cursor = grammar.cursor()
+    tokens = cursor.take_forced(100)
+    assert tokens == tokenizer.encode('{"a":', add_special_tokens=False)
+    assert cursor.take_forced(100) == []  # a number comes next: nothing is forced
+    assert grammar.cursor().take_forced(1) == tokens[:1]
+
+
+def test_an_unusable_schema_raises_dispatch_error(tiny, backend):
+    _, tokenizer = tiny
+    with pytest.raises(DispatchError, match="grammar"):
+        JsonGrammar.for_schema({"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}}, tokenizer,
+                               backend=backend)
+
+
+def test_an_unknown_backend_is_refused(tiny):
+    with pytest.raises(ValueError, match="outlines_core"):
+        JsonGrammar.for_schema(Multiply.model_json_schema(), tiny[1], backend="regex-by-hand")
+
+
+# --- generation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_model_always_writes_canonical_instances(tiny, backend, seed):
+    model, tokenizer = tiny
+    grammar = JsonGrammar.for_schema(Nested.model_json_schema(), tokenizer, backend=backend)
+    results = generate_json(_closing_bias(model, tokenizer), tokenizer, grammar, _prompts(tokenizer, 4),
+                            max_new_tokens=600, temperature=1.0, seed=seed)
+    assert len(results) == 4
+    for result in results:
+        _assert_canonical(result, Nested)
+        assert result.token_count == len(result.token_ids) > result.forced_count > 0
+
+
+def test_greedy_output_is_canonical_and_reproducible(tiny, backend):
+    model, tokenizer = tiny
+    grammar = JsonGrammar.for_schema(Item.model_json_schema(), tokenizer, backend=backend)
+    prompts = _prompts(tokenizer, 3)
+    first = generate_json(model, tokenizer, grammar, prompts, max_new_tokens=300)
+    assert first == generate_json(model, tokenizer, grammar, prompts, max_new_tokens=300)
+    for result in first:
+        if result.finished:
+            _assert_canonical(result, Item)
+    assert any(result.finished for result in first)
+
+
+def test_seeded_sampling_is_reproducible_and_seeds_differ(tiny):
+    model, tokenizer = tiny
+    grammar = JsonGrammar.for_schema(Nested.model_json_schema(), tokenizer)
+    prompts = _prompts(tokenizer, 2)
+    run = lambda seed: generate_json(model, tokenizer, grammar, prompts, max_new_tokens=80,
+                                     temperature=0.8, seed=seed)
+    assert run(5) == run(5)
+    assert run(5) != run(6)
+
+
+def test_batch_equals_one_at_a_time_for_greedy(tiny, backend):
+    model, tokenizer = tiny
+    grammar = JsonGrammar.for_schema(Item.model_json_schema(), tokenizer, backend=backend)
+    prompts = _prompts(tokenizer, 4)
+    batched = generate_json(model, tokenizer, grammar, prompts, max_new_tokens=60)
+    alone = [generate_json(model, tokenizer, grammar, [prompt], max_new_tokens=60)[0] for prompt in prompts]
+    assert [r.token_ids for r in batched] == [r.token_ids for r in alone]
+    assert len({r.token_ids for r in batched}) > 1  # the prompts really led somewhere different
+    assert {r.finished for r in batched} == {True, False}  # and rows left the batch at different times
+
+
+def test_budget_exhaustion_returns_the_partial_text(tiny, backend):
+    model, tokenizer = tiny
+    grammar = JsonGrammar.for_schema(Nested.model_json_schema(), tokenizer, backend=backend)
+    for budget in (1, 2, 7):
+        (result,) = generate_json(model, tokenizer, grammar, _prompts(tokenizer, 1), max_new_tokens=budget)
+        assert not result.finished
+        assert result.token_count == budget
+        assert '{"title":"'.startswith(result.text) or result.text.startswith('{"title":"')
+        with pytest.raises(ValidationError):
+            Nested.model_validate_json(result.text)
+
+
+def test_fast_forward_equals_step_by_step_when_every_byte_is_a_token(byte_tiny, backend, monkeypatch):
+    model, tokenizer = byte_tiny
+    grammar = JsonGrammar.for_schema(Nested.model_json_schema(), tokenizer, backend=backend)
+    prompts = _prompts(tokenizer, 3)
+    passes = _count_forward_passes(model, monkeypatch)
+    fast = generate_json(model, tokenizer, grammar, prompts, max_new_tokens=250)
+    fast_passes = len(passes)
+    slow = generate_json(model, tokenizer, grammar, prompts, max_new_tokens=250, fast_forward=False)
+    assert [r.token_ids for r in fast] == [r.token_ids for r in slow]
+    assert all(r.forced_count >= len('{"title":"') for r in fast) and any(r.forced_count > 50 for r in fast)
+    assert all(r.forced_count == 0 for r in slow)
+    assert fast_passes < len(passes) - fast_passes
+    for result in fast:
+        if result.finished:
+            _assert_canonical(result, Nested)
+
+
+def test_fast_forward_feeds_forced_runs_in_one_pass(tiny, backend, monkeypatch):
+    model, tokenizer = tiny
+    grammar = JsonGrammar.for_schema(Multiply.model_json_schema(), tokenizer, backend=backend)
+    passes = _count_forward_passes(model, monkeypatch)
+    (result,) = generate_json(model, tokenizer, grammar, _prompts(tokenizer, 1), max_new_tokens=40)
+    prompt_length = len(_prompts(tokenizer, 1)[0])
+    assert passes[0] == prompt_length + 3  # the prompt and `{"a":` in one pass
+    assert len(passes) == result.token_count - result.forced_count  # one pass per sampled token
+    assert result.text.startswith('{"a":')
+
+
+def test_backends_write_the_same_tokens(tiny):
+    model, tokenizer = tiny
+    prompts = _prompts(tokenizer, 4)
+    outputs = [[r.token_ids for r in generate_json(model, tokenizer, JsonGrammar.for_schema(
+        Nested.model_json_schema(), tokenizer, backend=backend), prompts, max_new_tokens=120)]
+        for backend in BACKENDS]
+    assert outputs[0] == outputs[1]
+
+
+def test_arguments_are_checked(tiny, byte_tiny):
+    model, tokenizer = tiny
+    grammar = JsonGrammar.for_schema(Multiply.model_json_schema(), tokenizer)
+    prompt = _prompts(tokenizer, 1)
+    with pytest.raises(ValueError, match="different tokenizer"):
+        generate_json(model, byte_tiny[1], grammar, prompt, max_new_tokens=5)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate_json(model, tokenizer, grammar, prompt, max_new_tokens=0)
+    with pytest.raises(ValueError, match="prompts"):
+        generate_json(model, tokenizer, grammar, [], max_new_tokens=5)
+    with pytest.raises(ValueError, match=r"prompts\[0\]"):
+        generate_json(model, tokenizer, grammar, [[]], max_new_tokens=5)
+    with pytest.raises(ValueError, match="temperature"):
+        generate_json(model, tokenizer, grammar, prompt, max_new_tokens=5, temperature=-1.0)
+
+
+# --- token budget -----------------------------------------------------------------------------
+
+
+def test_budget_from_observed_outputs(tiny):
+    _, tokenizer = tiny
+    texts = ['{"a":1,"b":2,"result":2}', '{"a":133,"b":539,"result":71687}']
+    longest = max(len(tokenizer.encode(t, add_special_tokens=False)) for t in texts)
+    assert max_tokens_for(Multiply.model_json_schema(), texts, tokenizer) == int(longest * 1.5) + 8
+
+
+def test_budget_from_the_schema_alone(tiny):
+    _, tokenizer = tiny
+    small = max_tokens_for(Multiply.model_json_schema(), [], tokenizer)
+    large = max_tokens_for(Nested.model_json_schema(), [], tokenizer)
+    example = len(tokenizer.encode(TRICKY[0].model_dump_json(), add_special_tokens=False))
+    assert 30 < small < large
+    assert large > example
+
+    class Short(BaseModel):
+        tags: list[str] = Field(max_length=2)
+        word: str = Field(max_length=5)
+
+    assert max_tokens_for(Short.model_json_schema(), [], tokenizer) < max_tokens_for(
+        Nested.model_json_schema(), [], tokenizer)
+
+
+# --- the embedded SmolLM2 model ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2(request):
+    """(model, tokenizer) of SmolLM2-135M-Instruct, converted once into pytest's cache directory."""
+    import os
+
+    from localdistil.models import load_causal_lm, load_tokenizer, resolve_model
+
+    home = request.config.cache.mkdir("localdistil-home")  # kept between runs, outside git
+    saved = os.environ.get("LOCALDISTIL_HOME")
+    os.environ["LOCALDISTIL_HOME"] = str(home)
+    try:
+        path = resolve_model("smollm2-135m")
+    finally:
+        if saved is None:
+            os.environ.pop("LOCALDISTIL_HOME", None)
+        else:
+            os.environ["LOCALDISTIL_HOME"] = saved
+    return load_causal_lm(path).eval(), load_tokenizer(path)
+
+
+def _chat(tokenizer, text: str) -> list[int]:
+    messages = [{"role": "system", "content": "Reply with JSON only."}, {"role": "user", "content": text}]
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                              return_dict=True)["input_ids"])
+
+
+@pytest.mark.slow
+def test_smollm2_writes_valid_canonical_json_with_and_without_fast_forward(smollm2):
+    model, tokenizer = smollm2
+    grammar = JsonGrammar.for_schema(Multiply.model_json_schema(), tokenizer)
+    prompts = [_chat(tokenizer, "Multiply 133 by 539."), _chat(tokenizer, "What is 12 times 7?")]
+    fast = generate_json(model, tokenizer, grammar, prompts, max_new_tokens=40)
+    slow = generate_json(model, tokenizer, grammar, prompts, max_new_tokens=40, fast_forward=False)
+    for result in fast + slow:
+        _assert_canonical(result, Multiply)
+    assert all(r.forced_count >= 7 for r in fast)
+    # The forced runs are the tokenizer's own tokens (`{"` `a` `":`), what a model fine-tuned on
+    # canonical text writes. Untuned SmolLM2 writes `{` `"` `a` when asked, so no token equality here.
+    assert [r.token_ids[:3] for r in fast] == [tuple(tokenizer.encode('{"a":', add_special_tokens=False))] * 2
+
+
+class Contact(BaseModel):
+    name: str
+    age: int
+    height_m: float
+    email: str | None = None
+    member: bool
+
+
+@pytest.mark.slow
+def test_smollm2_mixed_schema_is_valid(smollm2):
+    model, tokenizer = smollm2
+    grammar = JsonGrammar.for_schema(Contact.model_json_schema(), tokenizer)
+    prompt = _chat(tokenizer, 'Ada "the first" Lovelace is 36 and 1.65 m tall. Give her contact as JSON.')
+    (result,) = generate_json(model, tokenizer, grammar, [prompt], max_new_tokens=120)
+    _assert_canonical(result, Contact)
+    assert json.loads(result.text)["name"]
