@@ -4,20 +4,26 @@ admits the canonical compact JSON text of the return type and nothing else.
 Canonical means the text Pydantic itself writes (``model.model_dump_json()``): keys in schema
 order, every field present (defaults included), no whitespace anywhere, strings escaped the way
 Pydantic escapes them, floats in Pydantic's shortest form (up to the limit described at
-:func:`_number_regex`). Free whitespace is excluded on
-purpose: small models given the choice loop on newlines until the token cap. The decode loop
-that walks the automaton is :func:`localdistil.generate.generate_json`.
+:func:`_number_regex`). Free whitespace is excluded on purpose: small models given the choice
+loop on newlines until the token cap. The decode loop that walks the automaton is
+:func:`localdistil.generate.generate_json`.
 
 A grammar is built once per (schema, tokenizer, backend) in a process
 (:meth:`JsonGrammar.for_schema` caches it):
 
 1. the schema is normalised so that every property is required (Pydantic always writes them);
-2. ``outlines_core`` turns it into a regular expression with no whitespace, whose string, number
-   and integer pieces are swapped for canonical ones (:data:`STRING_INNER`, :data:`NUMBER`,
-   :data:`INTEGER`): Outlines' own forms accept ``1.50``, ``-0`` and ``\\/``, and refuse what
-   Pydantic writes for some characters (``\\u0001``, raw DEL and U+0080-U+009F);
+2. ``outlines_core`` turns it into a regular expression with no whitespace, whose string, number,
+   integer and date/time pieces are swapped for canonical ones (:data:`STRING_INNER`,
+   :data:`NUMBER`, :data:`INTEGER`, :data:`FORMATS`): Outlines' own forms accept ``1.50``, ``-0``,
+   ``\\/`` and any Unicode digit in a date, and refuse what Pydantic writes for some characters
+   (``\\u0001``, raw DEL and U+0080-U+009F). Recursive types are refused (a regular expression
+   cannot nest without bound; Outlines cuts them at depth 3 and then wrote ``,}``);
 3. a backend compiles the expression against the tokenizer's vocabulary, given as the exact
    bytes of each token (special tokens left out); a :class:`Cursor` per sequence walks it.
+
+Not expressed, so left to Pydantic's validation (a caller may retry or fall back): numeric
+bounds (``Field(ge=0, le=1)``), string ``pattern`` together with a length limit, 29 February in
+a year that has none, ``duration`` (timedelta) texts, which stay free strings.
 
 Forced runs: where the grammar admits exactly one next byte, the bytes up to the next choice
 are forced (``{"a":`` at the start, ``,"result":`` between fields); :meth:`Cursor.take_forced`
@@ -123,6 +129,20 @@ def _number_regex(digits: int = SIGNIFICANT_DIGITS) -> str:
 NUMBER = _number_regex()
 """A JSON number for a ``float`` field, as Pydantic writes it (see :func:`_number_regex`)."""
 
+_YEAR = "([0-9]{3}[1-9]|[0-9]{2}[1-9][0-9]|[0-9][1-9][0-9]{2}|[1-9][0-9]{3})"  # 0001-9999
+_DAY = (rf"{_YEAR}-((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)"
+        r"|02-(0[1-9]|1[0-9]|2[0-9]))")  # 29 February in any year: the one date left to Pydantic
+_MICROSECONDS = (r"(\.([1-9][0-9]{5}|0[1-9][0-9]{4}|00[1-9][0-9]{3}|000[1-9][0-9]{2}|0000[1-9][0-9]"
+                 r"|00000[1-9]))?")  # six digits, left out when zero
+_CLOCK = rf"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]{_MICROSECONDS}"
+_OFFSET = r"(Z|[+-](0[1-9]|1[0-9]|2[0-3]):[0-5][0-9]|[+-]00:(0[1-9]|[1-5][0-9]))?"  # UTC is Z
+FORMATS = {"date-time": f'"{_DAY}T{_CLOCK}{_OFFSET}"', "date": f'"{_DAY}"',
+           "time": f'"{_CLOCK}{_OFFSET}"'}
+"""Dates and times as Pydantic writes them (``2026-03-03T09:30:00.250000+01:00``), in ASCII
+digits: Outlines' own patterns admit any Unicode digit, six-digit years and ``\\.123``."""
+
+_OUTLINES_FORMATS = ("date-time", "date", "time", "uuid", "email", "uri")  # others: a plain string
+
 # Keywords whose value is a schema, a list of schemas, or a name -> schema mapping.
 _SUBSCHEMA = ("items", "additionalProperties", "not", "if", "then", "else", "contains")
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
@@ -149,6 +169,8 @@ def canonical_schema(schema: dict[str, Any]) -> dict[str, Any]:
             out[key] = {name: canonical_schema(sub) for name, sub in out[key].items()}
     if isinstance(out.get("properties"), dict):
         out["required"] = list(out["properties"])
+    if out.get("format") is not None and out["format"] not in _OUTLINES_FORMATS:
+        del out["format"]  # e.g. a timedelta's "duration": Pydantic checks the text
     return out
 
 
@@ -156,6 +178,11 @@ def canonical_regex(schema: dict[str, Any]) -> str:
     """The regular expression matching exactly the canonical compact JSON texts of ``schema``."""
     from outlines_core import json_schema as oc_schema
 
+    cycle = _recursion(schema)
+    if cycle:
+        raise DispatchError(f"the return type {_title(schema)!r} is recursive "
+                            f"({' -> '.join(cycle)}), which a regular grammar cannot express: "
+                            "bound the nesting with separate models per level")
     text = json.dumps(canonical_schema(schema))
     try:
         regex = oc_schema.build_regex_from_schema(text, whitespace_pattern="")
@@ -165,9 +192,41 @@ def canonical_regex(schema: dict[str, Any]) -> str:
                             "(recursive or unusual types are the usual cause)") from error
     # NUMBER first: Outlines' number pattern contains its integer pattern.
     for outlines_piece, ours in ((oc_schema.NUMBER, NUMBER), (oc_schema.INTEGER, INTEGER),
+                                 (oc_schema.DATE_TIME, FORMATS["date-time"]),
+                                 (oc_schema.DATE, FORMATS["date"]),
+                                 (oc_schema.TIME, FORMATS["time"]),
                                  (oc_schema.STRING_INNER, STRING_INNER)):
         regex = regex.replace(outlines_piece, ours)
     return regex
+
+
+def _recursion(schema: dict[str, Any]) -> list[str]:
+    """A cycle of ``$ref`` names reachable from the top of ``schema``, or ``[]``."""
+    defs = {**(schema.get("definitions") or {}), **(schema.get("$defs") or {})}
+
+    def refs(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            found = [node["$ref"].rsplit("/", 1)[-1]] if isinstance(node.get("$ref"), str) else []
+            nested = [value for key, value in node.items() if key not in ("$defs", "definitions")]
+            return found + [name for value in nested for name in refs(value)]
+        if isinstance(node, list):
+            return [name for item in node for name in refs(item)]
+        return []
+
+    def visit(name: str, path: list[str]) -> list[str]:
+        if name in path:
+            return [*path[path.index(name):], name]
+        for child in refs(defs.get(name, {})):
+            cycle = visit(child, [*path, name])
+            if cycle:
+                return cycle
+        return []
+
+    for name in refs(schema):
+        cycle = visit(name, [])
+        if cycle:
+            return cycle
+    return []
 
 
 def schema_hash(schema: dict[str, Any]) -> str:
@@ -176,7 +235,12 @@ def schema_hash(schema: dict[str, Any]) -> str:
 
 
 def _title(schema: dict[str, Any]) -> str:
-    return str(schema.get("title", "<untitled>")) if isinstance(schema, dict) else repr(schema)
+    """How messages name a schema: its title, else the model its top-level ``$ref`` names."""
+    if not isinstance(schema, dict):
+        return repr(schema)
+    ref = schema.get("$ref")
+    named = ref.rsplit("/", 1)[-1] if isinstance(ref, str) else "<untitled>"
+    return str(schema.get("title") or named)
 
 
 # --- the tokenizer side ---------------------------------------------------------------------

@@ -8,10 +8,12 @@ the embedded SmolLM2 model.
 
 from __future__ import annotations
 
+import datetime
 import json
 import random
 import re
 import threading
+import uuid
 from enum import Enum
 from typing import Literal
 
@@ -27,6 +29,7 @@ from localdistil.grammar import (
     NUMBER,
     STRING_INNER,
     JsonGrammar,
+    canonical_regex,
     canonical_schema,
 )
 
@@ -246,6 +249,53 @@ def test_string_pattern_matches_pydantic_escaping():
         assert not re.fullmatch(string, text), text
 
 
+class Event(BaseModel):
+    when: datetime.datetime
+    day: datetime.date
+    at: datetime.time
+    ident: uuid.UUID
+
+
+EVENTS = [
+    Event(when=datetime.datetime(2026, 3, 3, 9, 30), day=datetime.date(1, 1, 1), at=datetime.time(23, 59, 59),
+          ident=uuid.UUID(int=2**128 - 1)),
+    Event(when=datetime.datetime(2026, 12, 31, 0, 0, 0, 250000, tzinfo=datetime.timezone.utc),
+          day=datetime.date(2024, 2, 29), at=datetime.time(0, 0, 0, 7),
+          ident=uuid.UUID("12345678-9abc-def0-1234-56789abcdef0")),
+    Event(when=datetime.datetime(1999, 4, 30, 12, 0, tzinfo=datetime.timezone(datetime.timedelta(hours=-5, minutes=-30))),
+          day=datetime.date(9999, 12, 31), at=datetime.time(12, 0), ident=uuid.UUID(int=0)),
+]
+
+
+def test_dates_and_times_are_admitted_as_pydantic_writes_them():
+    regex = canonical_regex(Event.model_json_schema())
+    for event in EVENTS:
+        assert re.fullmatch(regex, event.model_dump_json()), event.model_dump_json()
+    text = EVENTS[0].model_dump_json()
+    for old, new in [("2026-03-03", "２０２６-03-03"), ("2026-03-03", "12026-03-03"), ("0001-01-01", "0000-01-01"),
+                     ("0001-01-01", "0001-02-30"), ("0001-01-01", "0001-04-31"), ("09:30:00", "09:30:00.250"),
+                     ("09:30:00", "09:30:00Z".replace("Z", "+00:00")), ("23:59:59", "24:00:00"),
+                     ("ffffffff", "FFFFFFFF")]:
+        assert old in text
+        assert not re.fullmatch(regex, text.replace(old, new, 1)), new
+
+
+def test_a_duration_is_left_a_plain_string():
+    class Wait(BaseModel):
+        span: datetime.timedelta
+
+    assert re.fullmatch(canonical_regex(Wait.model_json_schema()), '{"span":"P1DT5S"}')
+
+
+def test_a_recursive_return_type_is_refused_with_the_cycle_named(tiny):
+    class Tree(BaseModel):
+        name: str
+        children: list[Tree] = []
+
+    with pytest.raises(DispatchError, match="'Tree' is recursive.*Tree -> Tree"):
+        JsonGrammar.for_schema(Tree.model_json_schema(), tiny[1])
+
+
 def test_canonical_schema_requires_every_field_and_keeps_field_names():
     class Odd(BaseModel):
         properties: int = 1
@@ -375,6 +425,15 @@ def test_random_model_always_writes_canonical_instances(tiny, backend, seed):
     for result in results:
         _assert_canonical(result, Nested)
         assert result.token_count == len(result.token_ids) > result.forced_count > 0
+
+
+def test_random_model_writes_valid_dates_times_and_uuids(tiny, backend):
+    model, tokenizer = tiny
+    grammar = JsonGrammar.for_schema(Event.model_json_schema(), tokenizer, backend=backend)
+    results = generate_json(_closing_bias(model, tokenizer), tokenizer, grammar, _prompts(tokenizer, 4),
+                            max_new_tokens=300, temperature=1.0, seed=3)
+    for result in results:
+        _assert_canonical(result, Event)
 
 
 def test_greedy_output_is_canonical_and_reproducible(tiny, backend):
