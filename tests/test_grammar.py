@@ -481,6 +481,24 @@ def test_batch_equals_one_at_a_time_for_greedy(tiny, backend):
     assert {r.finished for r in batched} == {True, False}  # and rows left the batch at different times
 
 
+def test_threads_share_a_grammar_and_a_model(tiny, backend):
+    model, tokenizer = tiny
+    grammar = JsonGrammar.for_schema(Item.model_json_schema(), tokenizer, backend=backend)
+    prompts = _prompts(tokenizer, 4)
+    alone = [generate_json(model, tokenizer, grammar, [prompt], max_new_tokens=40)[0] for prompt in prompts]
+    together: dict[int, GenerationResult] = {}
+
+    def one(number: int) -> None:
+        together[number] = generate_json(model, tokenizer, grammar, [prompts[number]], max_new_tokens=40)[0]
+
+    threads = [threading.Thread(target=one, args=(number,)) for number in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [together[number] for number in range(4)] == alone
+
+
 def test_budget_exhaustion_returns_the_partial_text(tiny, backend):
     model, tokenizer = tiny
     grammar = JsonGrammar.for_schema(Nested.model_json_schema(), tokenizer, backend=backend)
