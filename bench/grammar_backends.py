@@ -28,7 +28,8 @@ import time
 from pydantic import BaseModel, Field
 
 from localdistil.generate import _choose, generate_json
-from localdistil.grammar import BACKENDS, DEFAULT_BACKEND, JsonGrammar, TokenTable, canonical_regex
+from localdistil.grammar import BACKENDS, DEFAULT_BACKEND, JsonGrammar, canonical_regex
+from localdistil.tokens import TokenTable
 
 
 class Multiply(BaseModel):

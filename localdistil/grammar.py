@@ -19,7 +19,8 @@ A grammar is built once per (schema, tokenizer, backend) in a process
    (``\\u0001``, raw DEL and U+0080-U+009F). Recursive types are refused (a regular expression
    cannot nest without bound; Outlines cuts them at depth 3 and then wrote ``,}``);
 3. a backend compiles the expression against the tokenizer's vocabulary, given as the exact
-   bytes of each token (special tokens left out); a :class:`Cursor` per sequence walks it.
+   bytes of each token (special tokens left out; :class:`localdistil.tokens.TokenTable`
+   reads them); a :class:`Cursor` per sequence walks it.
 
 Not expressed, so left to Pydantic's validation (a caller may retry or fall back): numeric
 bounds (``Field(ge=0, le=1)``), string ``pattern`` together with a length limit, 29 February in
@@ -76,6 +77,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from localdistil.errors import DispatchError
+from localdistil.tokens import TokenTable, _import_llguidance
 
 if TYPE_CHECKING:
     import numpy
@@ -241,145 +243,6 @@ def _title(schema: dict[str, Any]) -> str:
     ref = schema.get("$ref")
     named = ref.rsplit("/", 1)[-1] if isinstance(ref, str) else "<untitled>"
     return str(schema.get("title") or named)
-
-
-# --- the tokenizer side ---------------------------------------------------------------------
-
-
-class TokenTable:
-    """The exact bytes of every token of one tokenizer, and each backend's view of them.
-
-    Special tokens (``<|im_end|>`` and the like) have no bytes (``None``) and never appear in
-    JSON; the EOS token is offered by the grammar only where the JSON is complete.
-    """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase):
-        import numpy as np
-
-        self.token_bytes = _token_bytes(tokenizer)
-        self.size = len(self.token_bytes)
-        eos = tokenizer.eos_token_id
-        self.eos_id = int(eos) if eos is not None else None
-        self.lengths = np.array([len(raw or b"") for raw in self.token_bytes], dtype=np.int64)
-        self.first_byte = np.array([raw[0] if raw else -1 for raw in self.token_bytes],
-                                   dtype=np.int16)
-        self.single_byte = [-1] * 256  # byte -> id of the token that is exactly that byte
-        for token_id, raw in enumerate(self.token_bytes):
-            if raw is not None and len(raw) == 1 and self.single_byte[raw[0]] < 0:
-                self.single_byte[raw[0]] = token_id
-        self._tokenizer = weakref.ref(tokenizer)
-        self._lock = threading.Lock()
-        self._views: dict[str, Any] = {}
-
-    def encode(self, text: str) -> list[int]:
-        """The tokenizer's own ids for ``text``, no special tokens added."""
-        tokenizer = self._tokenizer()
-        if tokenizer is None:  # the grammar outlived its tokenizer: no forced runs, still correct
-            return []
-        return list(tokenizer.encode(text, add_special_tokens=False))
-
-    def belongs_to(self, tokenizer: PreTrainedTokenizerBase) -> bool:
-        """Whether this table was made from ``tokenizer`` (the very object)."""
-        return self._tokenizer() is tokenizer
-
-    def decode(self, token_ids: list[int] | tuple[int, ...]) -> str:
-        """The text of ``token_ids``, from the exact token bytes (no clean-up of spaces)."""
-        raw = b"".join(self.token_bytes[i] or b"" for i in token_ids if 0 <= i < self.size)
-        return raw.decode("utf-8", errors="replace")
-
-    def view(self, backend: str) -> Any:
-        """The vocabulary as ``backend`` takes it, made once: an ``outlines_core.Vocabulary`` or
-        an ``llguidance.LLTokenizer``."""
-        with self._lock:
-            if backend not in self._views:
-                self._views[backend] = self._make_view(backend)
-            return self._views[backend]
-
-    def _make_view(self, backend: str) -> Any:
-        if backend == "outlines_core":
-            import outlines_core
-
-            by_bytes: dict[bytes, list[int]] = {}
-            for token_id, raw in enumerate(self.token_bytes):
-                if raw:
-                    by_bytes.setdefault(raw, []).append(token_id)
-            # outlines_core wants an EOS id; one outside the vocabulary serves where there is none.
-            eos = self.size if self.eos_id is None else self.eos_id
-            return outlines_core.Vocabulary(eos, by_bytes)
-        llguidance = _import_llguidance()
-        table = self
-
-        class Wrapped:  # what llguidance.TokenizerWrapper reads
-            def __init__(self):
-                self.eos_token_id, self.bos_token_id = table.eos_id, None
-                self.tokens = [raw if raw is not None else f"<special {i}>".encode()
-                               for i, raw in enumerate(table.token_bytes)]
-                self.special_token_ids = [i for i, raw in enumerate(table.token_bytes)
-                                          if raw is None]
-
-            def __call__(self, text: bytes) -> list[int]:
-                return table.encode(text.decode("utf-8", errors="replace"))
-
-        return llguidance.LLTokenizer(llguidance.TokenizerWrapper(Wrapped()))
-
-
-def _import_llguidance():
-    try:
-        import llguidance
-    except ImportError as error:
-        raise DispatchError("the llguidance grammar backend is not installed: "
-                            "`pip install llguidance`, or pass backend='outlines_core'") from error
-    return llguidance
-
-
-def _token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[bytes | None]:
-    """Each token id's exact bytes; ``None`` for special tokens."""
-    vocab = tokenizer.get_vocab()
-    size = max(max(vocab.values()) + 1, len(tokenizer))
-    special = set(tokenizer.all_special_ids)
-    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    special.update(i for i, token in added.items() if getattr(token, "special", False))
-    style = _decoder_style(tokenizer)
-    if style == "byte_level":
-        from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-        char_to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
-    table: list[bytes | None] = [None] * size
-    for token, token_id in vocab.items():
-        if token_id in special:
-            continue
-        if token_id in added:  # added tokens are stored as their plain text
-            table[token_id] = str(getattr(added[token_id], "content", token)).encode()
-            continue
-        raw = None
-        if style == "byte_level":
-            try:
-                raw = bytes(char_to_byte[char] for char in token)
-            except KeyError:
-                raw = None
-        elif style == "metaspace":
-            if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
-                raw = bytes([int(token[3:5], 16)])
-            else:
-                raw = token.replace("\u2581", " ").encode()
-        if raw is None:
-            raw = tokenizer.convert_tokens_to_string([token]).encode()
-        table[token_id] = raw
-    return table
-
-
-def _decoder_style(tokenizer: PreTrainedTokenizerBase) -> str:
-    """``byte_level`` (GPT-2, Llama 3, SmolLM), ``metaspace`` (SentencePiece) or ``other``."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return "other"
-    decoder = json.loads(backend.to_str()).get("decoder") or {}
-    kinds = {decoder.get("type")} | {d.get("type") for d in decoder.get("decoders") or []}
-    if "ByteLevel" in kinds:
-        return "byte_level"
-    if kinds & {"Metaspace", "ByteFallback", "Replace"}:
-        return "metaspace"
-    return "other"
 
 
 # --- the grammar ----------------------------------------------------------------------------
