@@ -45,12 +45,14 @@ def plain_trl(model_path: Path, records: Path, steps: int, batch: int, out: Path
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from localdistil.prompts import COMPACT_SYSTEM
+
     rows = []
     for line in records.read_text().splitlines():
         block = json.loads(line)["localdistil"]
         call = ", ".join(f"{k}={json.dumps(v)}" for k, v in block["args"].items())
         rows.append({
-            "prompt": [{"role": "system", "content": "Reply with the JSON result of the call."},
+            "prompt": [{"role": "system", "content": COMPACT_SYSTEM},
                        {"role": "user", "content": f"multiply({call})"}],
             "completion": [{"role": "assistant", "content": json.dumps(block["output"], separators=(",", ":"))}],
         })

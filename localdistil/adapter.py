@@ -149,9 +149,14 @@ def check_compatible(manifest: Manifest, spec: FunctionSpec, *, path: str | os.P
     """What differs between the function an adapter was trained for and ``spec``.
 
     Returns:
-        ``{field: (trained, now)}`` for the output schema and fingerprint; empty when they match.
+        ``{field: (trained, now)}`` for the prompt version, the output schema and the
+        fingerprint; empty when they all match.
     """
+    from .prompts import PROMPT_VERSION
+
     changes: dict[str, tuple[Any, Any]] = {}
+    if manifest.prompt_version != PROMPT_VERSION:
+        changes["prompt_version"] = (manifest.prompt_version, PROMPT_VERSION)
     if manifest.schema_hash is not None and manifest.schema_hash != spec.schema_hash:
         changes["output_schema"] = (manifest.output_schema, spec.output_schema)
     if manifest.fingerprint is not None and manifest.fingerprint != spec.fingerprint:
@@ -166,6 +171,9 @@ def check_compatible(manifest: Manifest, spec: FunctionSpec, *, path: str | os.P
 def mismatch_error(manifest: Manifest, spec: FunctionSpec, changes: dict[str, tuple[Any, Any]], path: Any) -> AdapterMismatchError:
     """An :class:`AdapterMismatchError` that says what changed and how to fix it."""
     parts = []
+    if "prompt_version" in changes:
+        trained, now = changes["prompt_version"]
+        parts.append(f"it was trained on prompts of version {trained} and this localdistil writes version {now}")
     if "output_schema" in changes:
         parts.append(f"the return type's JSON schema changed ({spec.output_type.__name__})")
     if "signature" in changes:

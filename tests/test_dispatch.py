@@ -93,6 +93,19 @@ def test_changed_function_raises_adapter_mismatch_saying_what_changed(run_dir):
         Instructions().distil(model=str(run_dir), mode="dispatch")(parity)
 
 
+def test_an_adapter_trained_on_another_prompt_version_is_refused(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "old"
+    shutil.copytree(run_dir / "adapter", copy)
+    manifest = json.loads((copy / "localdistil.json").read_text())
+    manifest["prompt_version"] -= 1
+    (copy / "localdistil.json").write_text(json.dumps(manifest))
+    with pytest.raises(AdapterMismatchError, match="trained on prompts of version") as caught:
+        Instructions().distil(model=str(copy), mode="dispatch")(parity)
+    assert set(caught.value.changes) == {"prompt_version"}
+
+
 def test_on_mismatch_warn_downgrades_to_a_warning(run_dir):
     def parity(n: int) -> Verdict:
         """Reworded."""
