@@ -29,18 +29,28 @@ def smollm2_home(tmp_path_factory):
 
     Tests that use it set LOCALDISTIL_HOME to it (monkeypatch) so they share the conversion.
     """
+    home = tmp_path_factory.mktemp("smollm2-home")
+    _resolve_in(home, "smollm2-135m")
+    return home
+
+
+@pytest.fixture(scope="session")
+def smollm2_path(smollm2_home):
+    """The converted SmolLM2 checkpoint directory (a plain Hugging Face model)."""
+    return _resolve_in(smollm2_home, "smollm2-135m")
+
+
+def _resolve_in(home, reference):
     import os
 
     from localdistil.models import resolve_model
 
-    home = tmp_path_factory.mktemp("smollm2-home")
     previous = os.environ.get("LOCALDISTIL_HOME")
     os.environ["LOCALDISTIL_HOME"] = str(home)
     try:
-        resolve_model("smollm2-135m")
+        return resolve_model(reference)
     finally:
         if previous is None:
             os.environ.pop("LOCALDISTIL_HOME", None)
         else:
             os.environ["LOCALDISTIL_HOME"] = previous
-    return home

@@ -594,23 +594,11 @@ def test_budget_from_the_schema_alone(tiny):
 
 
 @pytest.fixture(scope="module")
-def smollm2(request):
-    """(model, tokenizer) of SmolLM2-135M-Instruct, converted once into pytest's cache directory."""
-    import os
+def smollm2(smollm2_path):
+    """(model, tokenizer) of SmolLM2-135M-Instruct, from the session's converted copy."""
+    from localdistil.models import load_causal_lm, load_tokenizer
 
-    from localdistil.models import load_causal_lm, load_tokenizer, resolve_model
-
-    home = request.config.cache.mkdir("localdistil-home")  # kept between runs, outside git
-    saved = os.environ.get("LOCALDISTIL_HOME")
-    os.environ["LOCALDISTIL_HOME"] = str(home)
-    try:
-        path = resolve_model("smollm2-135m")
-    finally:
-        if saved is None:
-            os.environ.pop("LOCALDISTIL_HOME", None)
-        else:
-            os.environ["LOCALDISTIL_HOME"] = saved
-    return load_causal_lm(path).eval(), load_tokenizer(path)
+    return load_causal_lm(smollm2_path).eval(), load_tokenizer(smollm2_path)
 
 
 def _chat(tokenizer, text: str) -> list[int]:
