@@ -4,6 +4,7 @@ repository or the user's home directory."""
 from __future__ import annotations
 
 import pytest
+from pydantic import BaseModel
 
 
 @pytest.fixture(autouse=True)
@@ -54,3 +55,27 @@ def _resolve_in(home, reference):
             os.environ.pop("LOCALDISTIL_HOME", None)
         else:
             os.environ["LOCALDISTIL_HOME"] = previous
+
+
+class Multiply(BaseModel):
+    a: int
+    b: int
+    result: int
+
+
+@pytest.fixture
+def traced_multiply(tmp_path):
+    """24 traced calls of a multiply function: ``(trace file, the traced function)``."""
+    from localdistil import Instructions
+
+    path = tmp_path / "traces" / "multiply.jsonl"
+    instructions = Instructions(path=str(path))
+
+    @instructions.distil
+    def multiply(a: int, b: int) -> Multiply:
+        """Multiply two numbers."""
+        return Multiply(a=a, b=b, result=a * b)
+
+    for i in range(24):
+        multiply(100 + i, 7)
+    return path, multiply

@@ -15,32 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from pydantic import BaseModel
 
-from localdistil import Instructions
 from localdistil.adapter import read_manifest
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
 
 
-class Multiply(BaseModel):
-    a: int
-    b: int
-    result: int
-
-
 @pytest.fixture
-def recipe_file(tiny_model_dir, tmp_path):
-    traces = tmp_path / "multiply.jsonl"
-    instructions = Instructions(path=str(traces))
-
-    @instructions.distil
-    def multiply(a: int, b: int) -> Multiply:
-        """Multiply two numbers."""
-        return Multiply(a=a, b=b, result=a * b)
-
-    for i in range(24):
-        multiply(100 + i, 7)
+def recipe_file(tiny_model_dir, tmp_path, traced_multiply):
+    traces = traced_multiply[0]
     recipe = {
         "model": str(tiny_model_dir),
         "data": {"train": [str(traces)], "eval_fraction": 0.125},  # 21 train, 3 held out

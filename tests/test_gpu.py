@@ -19,9 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from pydantic import BaseModel
 
-from localdistil import Instructions
 from localdistil.adapter import read_manifest
 from localdistil.recipe import parse_recipe
 from localdistil.train import train
@@ -33,25 +31,9 @@ pytestmark = [
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
 
 
-class Multiply(BaseModel):
-    a: int
-    b: int
-    result: int
-
-
 @pytest.fixture
-def traces(tmp_path):
-    path = tmp_path / "multiply.jsonl"
-    instructions = Instructions(path=str(path))
-
-    @instructions.distil
-    def multiply(a: int, b: int) -> Multiply:
-        """Multiply two numbers."""
-        return Multiply(a=a, b=b, result=a * b)
-
-    for i in range(24):
-        multiply(100 + i, 7)
-    return path
+def traces(traced_multiply):
+    return traced_multiply[0]
 
 
 def recipe_data(model, data, out, **train_settings):

@@ -8,35 +8,13 @@ import json
 
 import pytest
 import torch
-from pydantic import BaseModel
 from safetensors.torch import load_file
 
-from localdistil import DatasetError, Instructions, ModelError, RecipeError
+from localdistil import DatasetError, ModelError, RecipeError
 from localdistil.adapter import read_manifest
 from localdistil.cli import main
 from localdistil.recipe import parse_recipe
 from localdistil.train import train
-
-
-class Multiply(BaseModel):
-    a: int
-    b: int
-    result: int
-
-
-@pytest.fixture
-def traced_multiply(tmp_path):
-    path = tmp_path / "traces" / "multiply.jsonl"
-    instructions = Instructions(path=str(path))
-
-    @instructions.distil
-    def multiply(a: int, b: int) -> Multiply:
-        """Multiply two numbers."""
-        return Multiply(a=a, b=b, result=a * b)
-
-    for i in range(24):
-        multiply(100 + i, 7)
-    return path, multiply
 
 
 def tiny_recipe(model, data, out, **train):
@@ -86,7 +64,7 @@ def test_training_lowers_the_loss_and_writes_a_loadable_adapter(tiny_model_dir, 
     manifest = read_manifest(result.output_dir)
     assert manifest.fingerprint == multiply.spec.fingerprint
     assert manifest.schema_hash == multiply.spec.schema_hash
-    assert manifest.output_schema == Multiply.model_json_schema()
+    assert manifest.output_schema == multiply.spec.output_type.model_json_schema()
     assert manifest.name == "multiply" and manifest.prompt_style == "compact"
     assert manifest.base_model == str(tiny_model_dir) and len(manifest.base_model_hash) == 64
     assert manifest.recipe["train"]["max_steps"] == 16 and manifest.metrics["steps"] == 16
