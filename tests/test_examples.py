@@ -1,0 +1,126 @@
+"""The example tasks under examples/: their inputs, their functions and their recipes.
+
+Fast: no model is loaded. Each example's ``task.py`` builds every input from a known structured
+value (``examples(n, seed)`` gives both), so the function is checked against the truth, not
+only for producing some valid object.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import sys
+from datetime import date
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from localdistil.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+# example directory -> the function it distils (the recipe and the traces are named after it)
+FUNCTIONS = {"extract_order": "extract_order", "normalize_quantity": "normalize_quantity"}
+
+
+@functools.cache
+def load(name: str) -> tuple[ModuleType, ModuleType]:
+    """The example's task module and its trace script (as a module), imported from the example's
+    directory as the scripts import them. Every example's module is called ``task``, so whatever
+    ``sys.modules`` held under that name is put back afterwards."""
+    directory = EXAMPLES / name
+    saved = sys.modules.pop("task", None)
+    sys.path.insert(0, str(directory))
+    try:
+        task = importlib.import_module("task")
+        spec = importlib.util.spec_from_file_location(f"{name}_trace", directory / "trace.py")
+        trace = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(trace)
+        return task, trace
+    finally:
+        sys.path.remove(str(directory))
+        sys.modules.pop("task", None)
+        if saved is not None:
+            sys.modules["task"] = saved
+
+
+@pytest.fixture(params=sorted(FUNCTIONS))
+def example(request) -> tuple[str, ModuleType, ModuleType]:
+    """(name, task module, trace script) of each example in turn."""
+    return (request.param, *load(request.param))
+
+
+def test_inputs_are_reproducible_from_the_seed(example):
+    _, task, _ = example
+
+    first = task.inputs(50, seed=3)
+
+    assert first == task.inputs(50, seed=3)
+    assert first != task.inputs(50, seed=4)
+    assert len(first) == 50 and all(isinstance(call, dict) and call for call in first)
+    assert len({tuple(call.items()) for call in task.inputs(200, seed=0)}) >= 190  # varied texts
+
+
+def test_the_function_returns_the_value_each_input_was_written_from(example):
+    name, task, _ = example
+    function = getattr(task, FUNCTIONS[name])
+    calls = task.inputs(200, seed=0)
+
+    for call, (text, truth) in zip(calls, task.examples(200, seed=0), strict=True):
+        assert list(call.values()) == [text]
+        output = function(**call)
+        assert type(output) is type(truth)
+        assert output == truth, text
+        assert type(output).model_validate_json(output.model_dump_json()) == output
+
+
+def test_extract_order_outputs_vary():
+    task, _ = load("extract_order")
+    orders = [task.extract_order(**call) for call in task.inputs(200, seed=0)]
+
+    assert {order.priority for order in orders} == set(task.Priority)
+    dates = [order.delivery_date for order in orders]
+    assert None in dates and any(isinstance(d, date) for d in dates)
+    assert {len(order.items) for order in orders} >= {1, 2, 3}
+    assert len({item.name for order in orders for item in order.items}) == len(task.CATALOGUE)
+    assert len({order.customer for order in orders}) > 100
+
+
+def test_normalize_quantity_outputs_vary():
+    task, _ = load("normalize_quantity")
+    quantities = [task.normalize_quantity(**call) for call in task.inputs(200, seed=0)]
+
+    assert {q.unit for q in quantities} == set(task.Unit)
+    values = [q.value for q in quantities]
+    assert any(v != int(v) for v in values) and any(v >= 1000 for v in values)
+    assert len(set(values)) > 100
+
+
+def test_normalize_quantity_reads_the_messy_forms():
+    task, _ = load("normalize_quantity")
+    cases = {"2.5kg": (2.5, "kg"), "approx. 1,250 ml": (1250, "ml"), "2,5 KG": (2.5, "kg"),
+             "1-1/2 cups of flour": (1.5, "cup"), "¾ tsp": (0.75, "tsp"),
+             "half a pound": (0.5, "lb"), "three hundred and fifty grams": (350, "g"),
+             "two and a half litres": (2.5, "l"), "three quarters of a cup": (0.75, "cup"),
+             "an ounce": (1, "oz"), "~12 Tbsp.": (12, "tbsp")}
+
+    for text, (value, unit) in cases.items():
+        quantity = task.normalize_quantity(text)
+        assert (quantity.value, quantity.unit.value) == (value, unit), text
+
+
+def test_the_recipe_trains_on_what_the_trace_script_writes(example):
+    name, _, trace = example
+    recipe_path = ROOT / "recipes" / f"{name}.yaml"
+
+    recipe = load_recipe(recipe_path)
+
+    assert recipe.data.train == [trace.TRACES]
+    assert trace.TRACES == f"traces/{name}.jsonl"
+    assert recipe.data.function == FUNCTIONS[name]
+    assert recipe.output.dir == f"runs/{name}"  # what dispatch.py loads by default
+    dispatch_script = (EXAMPLES / name / "dispatch.py").read_text(encoding="utf-8")
+    assert f'default="{recipe.output.dir}"' in dispatch_script
+    assert recipe.data.eval_fraction > 0 and recipe.train.eval_samples > 0
