@@ -3,7 +3,8 @@
 The run's output directory (``output.dir``)::
 
     adapter/            PEFT files + tokenizer + localdistil.json (what dispatch loads)
-    checkpoints/        periodic trainer checkpoints (``--resume`` continues from the last)
+    checkpoints/        periodic trainer checkpoints (``--resume`` continues from the last
+                        complete one; one a killed run left half-written is removed)
     metrics.json        losses, token counts, throughput, dataset report, eval summary
     eval.json, eval.md  dispatch accuracy on up to ``train.eval_samples`` held-out calls
     loss.png            the loss curves (``output.plot``)
@@ -69,8 +70,9 @@ def _prepare_output(output_dir: Path, *, overwrite: bool, resume: bool) -> None:
         raise RecipeError("Pass --resume or --overwrite, not both.", key="output.dir")
     has_content = output_dir.is_dir() and any(output_dir.iterdir())
     if resume:
-        if not (output_dir / CHECKPOINTS_SUBDIR).is_dir() or not any((output_dir / CHECKPOINTS_SUBDIR).glob("checkpoint-*")):
-            raise RecipeError(f"output.dir: {output_dir} has no checkpoint to resume from. Run without --resume.", key="output.dir")
+        if not (output_dir / "recipe.yaml").is_file():
+            raise RecipeError(f"output.dir: {output_dir} holds no training run to resume. Run without --resume.",
+                              key="output.dir")
         return
     if has_content and not overwrite:
         raise RecipeError(
@@ -78,6 +80,41 @@ def _prepare_output(output_dir: Path, *, overwrite: bool, resume: bool) -> None:
             f"its interrupted run, or choose another directory (output.dir=...).",
             key="output.dir",
         )
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    """The step of a Trainer checkpoint directory (``checkpoint-120`` -> 120), else None."""
+    prefix, _, step = path.name.partition("-")
+    return int(step) if prefix == "checkpoint" and step.isdigit() and path.is_dir() else None
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    """Whether the Trainer finished writing ``checkpoint``.
+
+    ``trainer_state.json`` is the last file the Trainer writes into a checkpoint, after the
+    adapter, optimizer, scheduler and RNG states; a process killed while saving leaves it
+    missing or cut short.
+    """
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "global_step" in state
+
+
+def _last_checkpoint(checkpoints: Path) -> Path | None:
+    """The complete checkpoint with the highest step in ``checkpoints``, if any."""
+    found = [(step, path) for path in (checkpoints.iterdir() if checkpoints.is_dir() else ())
+             if (step := _checkpoint_step(path)) is not None and _is_complete(path)]
+    return max(found)[1] if found else None
+
+
+def _remove_incomplete_checkpoints(checkpoints: Path) -> None:
+    """Delete the checkpoints a killed run left half-written, so none is resumed or kept."""
+    for path in sorted(checkpoints.iterdir()) if checkpoints.is_dir() else ():
+        if _checkpoint_step(path) is not None and not _is_complete(path):
+            _say(f"removing {path}: the run was stopped while writing it")
+            shutil.rmtree(path)
 
 
 def choose_precision(recipe: Recipe) -> str:
@@ -126,9 +163,15 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     if main:
         if overwrite and output_dir.exists():
             shutil.rmtree(output_dir)
+        if resume:
+            _remove_incomplete_checkpoints(output_dir / CHECKPOINTS_SUBDIR)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     state.wait_for_everyone()
+    resume_from = _last_checkpoint(output_dir / CHECKPOINTS_SUBDIR) if resume else None
+    if resume and main:
+        _say(f"resuming from {resume_from}" if resume_from else
+             f"no complete checkpoint in {output_dir / CHECKPOINTS_SUBDIR} yet: training from the first step")
 
     tokenizer = load_tokenizer(model_path)
     data = build_dataset(selection, tokenizer, recipe)
@@ -140,7 +183,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
         processes = f" x {state.num_processes} processes" if state.num_processes > 1 else ""
         _say(f"training {recipe.model} with LoRA r={recipe.lora.r} in {precision} on {_device_name()}{processes}")
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - started
 
     metrics = _metrics(trainer, data, seconds, precision)

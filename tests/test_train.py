@@ -93,6 +93,91 @@ def test_resume_continues_from_the_last_checkpoint(tiny_model_dir, traced_multip
     assert read_manifest(out).recipe["train"]["max_steps"] == 12
 
 
+def test_resume_skips_a_checkpoint_left_half_written(tiny_model_dir, traced_multiply, tmp_path, capsys):
+    data, _ = traced_multiply
+    out = tmp_path / "run"
+    train(tiny_recipe(tiny_model_dir, data, out, max_steps=8, save_steps=4))
+    half = out / "checkpoints" / "checkpoint-8"
+    (half / "trainer_state.json").write_text('{"global_st')  # killed while writing its last file
+    capsys.readouterr()
+
+    result = train(tiny_recipe(tiny_model_dir, data, out, max_steps=8, save_steps=4), resume=True)
+    err = capsys.readouterr().err
+    assert f"removing {half}" in err and "resuming from " + str(out / "checkpoints" / "checkpoint-4") in err
+    assert result.metrics["steps"] == 8
+    assert json.loads((half / "trainer_state.json").read_text())["global_step"] == 8  # written again, whole
+
+
+def test_resume_before_the_first_checkpoint_starts_over(tiny_model_dir, traced_multiply, tmp_path, capsys):
+    data, _ = traced_multiply
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "recipe.yaml").write_text("model: x\n")  # killed before its first checkpoint
+    result = train(tiny_recipe(tiny_model_dir, data, out, max_steps=4, save_steps=4), resume=True)
+    assert "no complete checkpoint" in capsys.readouterr().err
+    assert result.metrics["steps"] == 4 and read_manifest(out).metrics["steps"] == 4
+
+
+def test_a_run_killed_at_a_random_step_resumes_to_a_whole_adapter(tiny_model_dir, traced_multiply, tmp_path, capsys):
+    """SIGKILL ``localdistil train`` at a random step (often while it writes a checkpoint), then
+    ``train --resume``: the run completes and its adapter is whole. The seed is printed on
+    failure; LOCALDISTIL_KILL_SEED=... replays it."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    seed = int(os.environ.get("LOCALDISTIL_KILL_SEED") or random.randrange(1 << 30))
+    rng = random.Random(seed)
+    steps, kill_at, delay = 24, rng.randrange(2, 22, 2), rng.uniform(0, 0.2)
+    data, multiply = traced_multiply
+    out = tmp_path / "run"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model: {tiny_model_dir}\ndata: {{train: [{data}], eval_fraction: 0.125}}\n"
+                      f"train: {{max_steps: {steps}, batch_size: 4, learning_rate: 1.0e-2, warmup_ratio: 0,"
+                      f" save_steps: 2, save_total_limit: 3, eval_samples: 2}}\n"
+                      f"output: {{dir: {out}, plot: false}}\n")
+    log = tmp_path / "killed.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "localdistil", "train", str(recipe)],
+                                   stdout=sink, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    where = f"(seed {seed}: kill when checkpoint-{kill_at} appears, +{delay:.2f} s; log {log})"
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoints" / f"checkpoint-{kill_at}").exists():
+        assert process.poll() is None, f"the run ended before it was killed {where}"
+        assert time.monotonic() < deadline, f"checkpoint-{kill_at} never appeared {where}"
+        time.sleep(0.005)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL, where
+    assert not (out / "adapter").exists(), where
+
+    capsys.readouterr()
+    assert main(["train", str(recipe), "--resume"]) == 0, where
+    err = capsys.readouterr().err
+    if "resuming from " in err:
+        resumed_from = int(err.split("resuming from ")[1].split("checkpoint-")[1].split()[0])
+    else:  # killed while it wrote its first checkpoint
+        assert "no complete checkpoint" in err, where
+        resumed_from = 0
+    assert kill_at - 2 <= resumed_from <= steps, where  # checkpoint-{kill_at - 2} was whole when killed
+
+    manifest = read_manifest(out)
+    assert manifest.metrics["steps"] == steps and manifest.fingerprint == multiply.spec.fingerprint, where
+    saved = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert saved and all("lora_" in name and torch.isfinite(t).all() for name, t in saved.items()), where
+    assert json.loads((out / "metrics.json").read_text())["eval"]["examples"] == 2, where
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(out / "adapter"))
+    for checkpoint in (out / "checkpoints").glob("checkpoint-*"):  # none is left half-written
+        assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] > 0, where
+
+
 class TestBadInputFailsBeforeAnyModelLoads:
     @pytest.fixture(autouse=True)
     def no_model_loading(self, monkeypatch):
@@ -113,7 +198,7 @@ class TestBadInputFailsBeforeAnyModelLoads:
         assert caught.value.key == "output.dir" and (out / "keep.txt").read_text() == "mine"
 
     def test_resume_without_a_checkpoint(self, tiny_model_dir, traced_multiply, tmp_path):
-        with pytest.raises(RecipeError, match="no checkpoint to resume from"):
+        with pytest.raises(RecipeError, match="holds no training run to resume. Run without --resume"):
             train(tiny_recipe(tiny_model_dir, traced_multiply[0], tmp_path / "run"), resume=True)
 
     def test_empty_data(self, tiny_model_dir, tmp_path):
