@@ -6,13 +6,18 @@ use_cache=True)`` rather than ``model.generate``, for two things ``generate`` ca
 - fast-forward: where the grammar forces text (``{"a":``, ``,"result":``, the closing ``}``), its
   tokens are appended without sampling and fed to the model in the same forward pass as the
   token sampled before them, so a forced run costs no model step of its own;
+- prompt lookup (greedy only): where the text being written copies the prompt (a name, a number,
+  a phrase the function returns as it was given), the tokens that followed the last few written
+  ones in the prompt are proposed and fed in the same forward pass; each proposed token is kept
+  while it is the token greedy decoding under the grammar picks there, so one pass can write
+  several tokens and the output is the one decoding token by token writes;
 - per-sequence grammar state in a batch whose sequences grow by different numbers of tokens
   per step; a sequence that has finished leaves the batch (and its KV cache rows) at once.
 
 The batch is left-padded; inside a step, sequences that add fewer tokens than the longest are
-left-padded too, those positions masked out of attention for good, and position ids count real
-tokens only, so each sequence sees what it would see alone (greedy batch output equals
-one-at-a-time output). Token choice runs in numpy, single-threaded: a torch op over the 49k
+left-padded too, those positions (and proposed tokens that were not kept) masked out of attention
+for good, and position ids count real tokens only, so each sequence sees what it would see alone
+(greedy batch output equals one-at-a-time output). Token choice runs in numpy, single-threaded: a torch op over the 49k
 logits costs ~0.03 ms on an idle machine but stalled 10-20 ms whenever another process held the
 second core (an OpenMP barrier waiting for a descheduled thread).
 
@@ -73,6 +78,7 @@ class _Sequence:
     cursor: Cursor
     ids: list[int] = dataclasses.field(default_factory=list)
     feed: list[int] = dataclasses.field(default_factory=list)  # tokens the model has not seen yet
+    proposal: list[int] = dataclasses.field(default_factory=list)  # guesses fed after ``feed``
     forced_count: int = 0
     done: bool = False
     finished: bool = False
@@ -80,7 +86,8 @@ class _Sequence:
 
 def generate_json(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, grammar: JsonGrammar,
                   prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
-                  seed: int | None = None, fast_forward: bool = True) -> list[GenerationResult]:
+                  seed: int | None = None, fast_forward: bool = True,
+                  prompt_lookup: int = 3) -> list[GenerationResult]:
     """Generate one canonical JSON text per prompt, under ``grammar``, in one batch.
 
     Args:
@@ -94,6 +101,9 @@ def generate_json(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, gr
         seed: seeds sampling (the same batch with the same seed gives the same outputs).
         fast_forward: append forced tokens without sampling, in the same forward pass as the
             token before them. False samples every token, one model step each.
+        prompt_lookup: with greedy decoding, propose up to this many tokens per step from the
+            prompt (those that followed the last written tokens there), kept as far as greedy
+            decoding agrees; 0 turns it off. The output is the same either way.
 
     Returns:
         One :class:`GenerationResult` per prompt, in order. Generation stops as soon as the
@@ -109,21 +119,23 @@ def generate_json(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, gr
         _after_token(sequence, max_new_tokens, fast_forward)
     with torch.inference_mode():
         _decode(model, grammar, prompts, sequences, _pad_id(tokenizer), max_new_tokens, temperature,
-                rng, fast_forward)
+                rng, fast_forward, prompt_lookup if temperature <= 0 else 0)
     return [GenerationResult(text=grammar.table.decode(s.ids), token_ids=tuple(s.ids),
                              finished=s.finished, forced_count=s.forced_count) for s in sequences]
 
 
 def _decode(model, grammar, prompts, sequences, pad_id, max_new_tokens, temperature, rng,
-            fast_forward) -> None:
-    """The loop: feed what each live sequence has not been fed, pick each one's next token."""
+            fast_forward, lookup) -> None:
+    """The loop: feed what each live sequence has not been fed (and its proposal), pick tokens."""
     import torch
 
     device = _device(model)
     live = [i for i, s in enumerate(sequences) if not s.done]
     if not live:
         return
-    chunks = [list(prompts[i]) + sequences[i].feed for i in live]
+    for index in live:
+        _propose(sequences[index], prompts[index], lookup, max_new_tokens)
+    chunks = [list(prompts[i]) + sequences[i].feed + sequences[i].proposal for i in live]
     attention = torch.zeros((len(live), 0), dtype=torch.long, device=device)
     seen = torch.zeros(len(live), dtype=torch.long, device=device)  # real tokens fed so far
     cache = None
@@ -133,38 +145,93 @@ def _decode(model, grammar, prompts, sequences, pad_id, max_new_tokens, temperat
         attention = torch.cat([attention, chunk_mask], dim=1)
         positions = (seen[:, None] + chunk_mask.cumsum(dim=1) - 1).clamp(min=0)
         seen = seen + chunk_mask.sum(dim=1)
+        kept = 1 + max(len(sequences[i].proposal) for i in live)  # positions whose logits we read
         out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    past_key_values=cache, use_cache=True, logits_to_keep=kept)
         cache = out.past_key_values
-        logits = out.logits[:, -1, :]
+        logits = out.logits[:, -kept:, :]
         if logits.shape[-1] < vocab:
             raise ValueError(f"the model scores {logits.shape[-1]} tokens but the tokenizer has "
                              f"{vocab}: they do not belong together")
         # Token choice runs in numpy on the CPU: single-threaded, so it never waits on a busy core,
         # and over the allowed ids only where they are few.
-        scores = logits[:, :vocab].float().cpu().numpy()
+        scores = logits[..., :vocab].float().cpu().numpy()
         keep, chunks = [], []
         for row, index in enumerate(live):
             sequence = sequences[index]
-            token = _choose(scores[row], *sequence.cursor.allowed(), temperature, rng)
-            if token is None:  # nothing allowed: a dead end (never expected)
-                sequence.done = True
-            elif token == grammar.table.eos_id and sequence.cursor.is_final():
-                sequence.done = sequence.finished = True
-            else:
-                sequence.cursor.advance(token)
-                sequence.ids.append(token)
-                sequence.feed = [token]
-                _after_token(sequence, max_new_tokens, fast_forward)
+            rejected = _accept(sequence, scores[row, kept - 1 - len(sequence.proposal):], grammar,
+                               max_new_tokens, temperature, rng, fast_forward)
+            if rejected:  # proposed tokens the model saw but greedy decoding did not pick
+                attention[row, attention.shape[1] - rejected:] = 0
+                seen[row] -= rejected
             if not sequence.done:
+                _propose(sequence, prompts[index], lookup, max_new_tokens)
                 keep.append(row)
-                chunks.append(sequence.feed)
+                chunks.append(sequence.feed + sequence.proposal)
         if len(keep) < len(live):
             if keep:
                 rows = torch.tensor(keep, dtype=torch.long, device=device)
                 cache.reorder_cache(rows)
                 attention, seen = attention[rows], seen[rows]
             live = [live[row] for row in keep]
+
+
+def _accept(sequence: _Sequence, scores: numpy.ndarray, grammar: JsonGrammar, max_new_tokens: int,
+            temperature: float, rng, fast_forward: bool) -> int:
+    """Choose the sequence's next token(s) from ``scores`` (one row per fed position from its last
+    real token on); return how many proposed tokens were not kept.
+
+    Position ``j`` scores what follows the ``j``-th proposed token (position 0: the last real
+    token). A proposed token is kept where it is the token chosen there; the first token chosen
+    that differs from the proposal is kept as well and ends the step, as does a kept token the
+    grammar forces text after (that text is fed next, as without a proposal).
+    """
+    proposal, cursor = sequence.proposal, sequence.cursor
+    sequence.proposal = []
+    for position, row in enumerate(scores):
+        token = _choose(row, *cursor.allowed(), temperature, rng)
+        if token is None:  # nothing allowed: a dead end (never expected)
+            sequence.done = True
+        elif token == grammar.table.eos_id and cursor.is_final():
+            sequence.done = sequence.finished = True
+        else:
+            cursor.advance(token)
+            sequence.ids.append(token)
+            guessed = position < len(proposal) and token == proposal[position]
+            sequence.feed = [] if guessed else [token]  # a kept guess is in the model already
+            _after_token(sequence, max_new_tokens, fast_forward)
+            if guessed and not sequence.done and not sequence.feed:
+                continue
+            return len(proposal) - position - guessed
+        return len(proposal) - position
+    return 0
+
+
+def _propose(sequence: _Sequence, prompt: list[int], size: int, max_new_tokens: int,
+             longest_match: int = 3) -> None:
+    """Set the sequence's proposal: the tokens that followed the latest earlier occurrence of its
+    last few tokens (up to ``longest_match``, the longest that occurs) in prompt + output.
+
+    Only where the grammar allows the first of them next; never past the token budget.
+    """
+    import numpy as np
+
+    size = min(size, max_new_tokens - len(sequence.ids) - 1)
+    sequence.proposal = []
+    if size <= 0 or not sequence.ids:
+        return
+    context = list(prompt) + sequence.ids
+    for length in range(min(longest_match, len(context) - 1), 0, -1):
+        suffix = context[-length:]
+        for start in range(len(context) - length - 1, -1, -1):
+            if context[start:start + length] == suffix:
+                following = context[start + length:start + length + size]
+                ids, inverted = sequence.cursor.allowed()
+                index = int(np.searchsorted(ids, following[0]))
+                present = index < len(ids) and int(ids[index]) == following[0]
+                if present != inverted:
+                    sequence.proposal = following
+                return
 
 
 def _after_token(sequence: _Sequence, max_new_tokens: int, fast_forward: bool) -> None:

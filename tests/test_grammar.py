@@ -532,11 +532,70 @@ def test_fast_forward_feeds_forced_runs_in_one_pass(tiny, backend, monkeypatch):
     model, tokenizer = tiny
     grammar = JsonGrammar.for_schema(Multiply.model_json_schema(), tokenizer, backend=backend)
     passes = _count_forward_passes(model, monkeypatch)
-    (result,) = generate_json(model, tokenizer, grammar, _prompts(tokenizer, 1), max_new_tokens=40)
+    (result,) = generate_json(model, tokenizer, grammar, _prompts(tokenizer, 1), max_new_tokens=40,
+                              prompt_lookup=0)
     prompt_length = len(_prompts(tokenizer, 1)[0])
     assert passes[0] == prompt_length + 3  # the prompt and `{"a":` in one pass
     assert len(passes) == result.token_count - result.forced_count  # one pass per sampled token
     assert result.text.startswith('{"a":')
+
+
+def _proposing(monkeypatch, guesses):
+    """Replace prompt lookup's guesses: ``guesses(prompt, written, size)`` -> tokens to propose."""
+    import localdistil.generate as generate
+
+    def propose(sequence, prompt, size, max_new_tokens, longest_match=3):
+        size = min(size, max_new_tokens - len(sequence.ids) - 1)
+        sequence.proposal = list(guesses(tuple(prompt), sequence.ids, size)) if size > 0 else []
+
+    monkeypatch.setattr(generate, "_propose", propose)
+
+
+@pytest.mark.parametrize("guess", ["right", "wrong", "mixed"])
+def test_proposed_tokens_change_the_passes_not_the_output(tiny, backend, monkeypatch, guess):
+    """Prompt lookup keeps a proposed token only where greedy decoding picks it: right guesses
+    save forward passes, wrong ones cost none, and in a batch each row keeps its own."""
+    model, tokenizer = tiny
+    grammar = JsonGrammar.for_schema(Item.model_json_schema(), tokenizer, backend=backend)
+    prompts = _prompts(tokenizer, 4)
+    reference = generate_json(model, tokenizer, grammar, prompts, max_new_tokens=60, prompt_lookup=0)
+    answers = {tuple(prompt): list(result.token_ids) for prompt, result in zip(prompts, reference)}
+    wrong_token = tokenizer.convert_tokens_to_ids("Ġthe")
+
+    def guesses(prompt, written, size):
+        right = answers[prompt][len(written):len(written) + size]
+        if guess == "wrong" or (guess == "mixed" and prompts.index(list(prompt)) % 2):
+            return [wrong_token] * len(right)
+        return right
+
+    passes = _count_forward_passes(model, monkeypatch)
+    _proposing(monkeypatch, guesses)
+    results = generate_json(model, tokenizer, grammar, prompts, max_new_tokens=60, prompt_lookup=3)
+    assert results == reference
+    sampled = max(r.token_count - r.forced_count for r in reference)  # passes without guesses
+    if guess == "wrong":
+        assert len(passes) == sampled
+    else:
+        assert len(passes) < sampled
+
+
+def test_prompt_lookup_copies_from_the_prompt(tiny, backend, monkeypatch):
+    """The real lookup: the tokens that followed the last written ones in the prompt."""
+    import localdistil.generate as generate
+
+    _, tokenizer = tiny
+    grammar = JsonGrammar.for_schema(Item.model_json_schema(), tokenizer, backend=backend)
+    prompt = tokenizer.encode('say {"label":"Ada Lovelace", please', add_special_tokens=False)
+    sequence = generate._Sequence(cursor=grammar.cursor())
+    written = tokenizer.encode('{"label":"Ada', add_special_tokens=False)
+    for token in written:
+        assert sequence.cursor.advance(token)
+    sequence.ids = list(written)
+    generate._propose(sequence, prompt, 3, max_new_tokens=60)
+    after = prompt[prompt.index(written[-1]) + 1:]
+    assert sequence.proposal == after[:3] and " Lovelace".startswith(tokenizer.decode(after[:3]))
+    generate._propose(sequence, prompt, 3, max_new_tokens=len(written) + 2)
+    assert sequence.proposal == after[:1]  # never past the token budget
 
 
 def test_backends_write_the_same_tokens(tiny):
