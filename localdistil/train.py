@@ -285,6 +285,7 @@ def _make_trainer(recipe: Recipe, model_path: Path, tokenizer: Any, data: Traini
         activation_checkpointing=t.gradient_checkpointing,
         packing=t.packing,
         padding_free=t.padding_free,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         # dataset.py already left out every example over max_length; TRL refuses to enforce it
         # for padding-free batches without packing, and need not
         max_length=None if t.padding_free and not t.packing else t.max_length,

@@ -178,6 +178,22 @@ def test_a_run_killed_at_a_random_step_resumes_to_a_whole_adapter(tiny_model_dir
         assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] > 0, where
 
 
+def test_group_by_length_batches_examples_of_similar_length(tiny_model_dir, traced_multiply, tmp_path, monkeypatch):
+    import transformers.trainer
+
+    made = []
+    original = transformers.trainer.LengthGroupedSampler
+
+    def recording(*args, **kwargs):
+        made.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.trainer, "LengthGroupedSampler", recording)
+    result = train(tiny_recipe(tiny_model_dir, traced_multiply[0], tmp_path / "run", max_steps=4, group_by_length=True))
+    trained = [kwargs for kwargs in made if len(kwargs["dataset"]) == result.metrics["train_examples"]]
+    assert result.metrics["steps"] == 4 and len(trained) == 1 and trained[0]["model_input_name"] == "input_ids"
+
+
 class TestBadInputFailsBeforeAnyModelLoads:
     @pytest.fixture(autouse=True)
     def no_model_loading(self, monkeypatch):
