@@ -63,6 +63,8 @@ class LoadedAdapter:
     tokenizer: Any
     model: Any
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    prefix: Any = None
+    """The :class:`~localdistil.generate.PromptPrefix` of this adapter's prompts (made lazily)."""
 
     def budget(self) -> int:
         """The default token budget of one answer."""
@@ -71,13 +73,15 @@ class LoadedAdapter:
     def generate(self, schema: dict[str, Any], prompts: list[list[int]], *, max_new_tokens: int,
                  temperature: float = 0.0, seed: int | None = None) -> list[GenerationResult]:
         """Constrained generation of one answer per prompt (token ids), in one batch."""
-        from .generate import generate_json
+        from .generate import PromptPrefix, generate_json
         from .grammar import JsonGrammar
 
         grammar = JsonGrammar.for_schema(schema, self.tokenizer)
         with self.lock:
+            if self.prefix is None:
+                self.prefix = PromptPrefix()
             return generate_json(self.model, self.tokenizer, grammar, prompts, max_new_tokens=max_new_tokens,
-                                 temperature=temperature, seed=seed)
+                                 temperature=temperature, seed=seed, prefix=self.prefix)
 
     def prompt_ids(self, args: Mapping[str, Any]) -> list[int]:
         """The prompt of one call, token for token as training rendered it."""

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from tiny_model import CHAT_TEMPLATE
 
 from localdistil.errors import DispatchError
-from localdistil.generate import GenerationResult, generate_json, max_tokens_for
+from localdistil.generate import GenerationResult, PromptPrefix, generate_json, max_tokens_for
 from localdistil.grammar import (
     BACKENDS,
     INTEGER,
@@ -596,6 +596,42 @@ def test_prompt_lookup_copies_from_the_prompt(tiny, backend, monkeypatch):
     assert sequence.proposal == after[:3] and " Lovelace".startswith(tokenizer.decode(after[:3]))
     generate._propose(sequence, prompt, 3, max_new_tokens=len(written) + 2)
     assert sequence.proposal == after[:1]  # never past the token budget
+
+
+def test_a_shared_prompt_prefix_is_computed_once_and_changes_nothing(tiny, backend, monkeypatch):
+    model, tokenizer = tiny
+    grammar = JsonGrammar.for_schema(Item.model_json_schema(), tokenizer, backend=backend)
+    prompts = _prompts(tokenizer, 4)
+    shared = next(i for i, (a, b) in enumerate(zip(prompts[0], prompts[1])) if a != b)
+    alone = [generate_json(model, tokenizer, grammar, [p], max_new_tokens=40)[0] for p in prompts]
+    batched = generate_json(model, tokenizer, grammar, prompts, max_new_tokens=40)
+
+    prefix = PromptPrefix()
+    passes = _count_forward_passes(model, monkeypatch)
+    first = generate_json(model, tokenizer, grammar, prompts[:1], max_new_tokens=40, prefix=prefix)
+    assert prefix.tokens == () and passes[0] > shared  # one prompt alone: nothing known to share
+    passes.clear()
+    second = generate_json(model, tokenizer, grammar, prompts[1:2], max_new_tokens=40, prefix=prefix,
+                           prompt_lookup=0)
+    forced = len(grammar.cursor().take_forced(40))  # `{"label":"` goes with the first pass
+    assert len(prefix.tokens) == shared and passes[:2] == [shared, len(prompts[1]) - shared + forced]
+    passes.clear()
+    again = [generate_json(model, tokenizer, grammar, [p], max_new_tokens=40, prefix=prefix)[0] for p in prompts]
+    assert passes.count(shared) == 0  # the prefix was not computed again
+    assert first + second == alone[:2] and again == alone
+    assert generate_json(model, tokenizer, grammar, prompts, max_new_tokens=40, prefix=prefix) == batched
+
+
+def test_a_prompt_outside_the_prefix_is_decoded_whole(tiny, backend):
+    model, tokenizer = tiny
+    grammar = JsonGrammar.for_schema(Item.model_json_schema(), tokenizer, backend=backend)
+    prompts = _prompts(tokenizer, 2)
+    prefix = PromptPrefix()
+    generate_json(model, tokenizer, grammar, prompts, max_new_tokens=20, prefix=prefix)
+    other = tokenizer.encode("a different prompt entirely", add_special_tokens=False)
+    assert prefix.start(model, [other]) == (0, None)
+    assert (generate_json(model, tokenizer, grammar, [other], max_new_tokens=20, prefix=prefix)
+            == generate_json(model, tokenizer, grammar, [other], max_new_tokens=20))
 
 
 def test_backends_write_the_same_tokens(tiny):
