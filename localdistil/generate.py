@@ -6,11 +6,13 @@ use_cache=True)`` rather than ``model.generate``, for two things ``generate`` ca
 - fast-forward: where the grammar forces text (``{"a":``, ``,"result":``, the closing ``}``), its
   tokens are appended without sampling and fed to the model in the same forward pass as the
   token sampled before them, so a forced run costs no model step of its own;
-- prompt lookup (greedy only): where the text being written copies the prompt (a name, a number,
-  a phrase the function returns as it was given), the tokens that followed the last few written
-  ones in the prompt are proposed and fed in the same forward pass; each proposed token is kept
-  while it is the token greedy decoding under the grammar picks there, so one pass can write
-  several tokens and the output is the one decoding token by token writes;
+- prompt lookup (greedy, one sequence at a time): where the text being written copies the
+  prompt (a name, a number, a phrase the function returns as it was given), the tokens that
+  followed the last few written ones in the prompt are proposed and fed in the same forward
+  pass; each proposed token is kept while it is the token greedy decoding under the grammar
+  picks there, so one pass can write several tokens and the output is the one decoding token by
+  token writes. Only while one sequence is decoding: a pass of a single sequence costs about the
+  same over 1-3 tokens, while in a batch every proposed token is extra compute;
 - per-sequence grammar state in a batch whose sequences grow by different numbers of tokens
   per step; a sequence that has finished leaves the batch (and its KV cache rows) at once.
 
@@ -195,8 +197,8 @@ def _decode(model, grammar, prompts, sequences, pad_id, max_new_tokens, temperat
     live = [i for i, s in enumerate(sequences) if not s.done]
     if not live:
         return
-    for index in live:
-        _propose(sequences[index], prompts[index], lookup, max_new_tokens)
+    if len(live) == 1:
+        _propose(sequences[live[0]], prompts[live[0]], lookup, max_new_tokens)
     start, cache = prefix.start(model, [prompts[i] for i in live]) if prefix else (0, None)
     chunks = [list(prompts[i][start:]) + sequences[i].feed + sequences[i].proposal for i in live]
     attention = torch.ones((len(live), start), dtype=torch.long, device=device)
@@ -218,7 +220,7 @@ def _decode(model, grammar, prompts, sequences, pad_id, max_new_tokens, temperat
         # Token choice runs in numpy on the CPU: single-threaded, so it never waits on a busy core,
         # and over the allowed ids only where they are few.
         scores = logits[..., :vocab].float().cpu().numpy()
-        keep, chunks = [], []
+        keep = []
         for row, index in enumerate(live):
             sequence = sequences[index]
             rejected = _accept(sequence, scores[row, kept - 1 - len(sequence.proposal):], grammar,
@@ -227,9 +229,10 @@ def _decode(model, grammar, prompts, sequences, pad_id, max_new_tokens, temperat
                 attention[row, attention.shape[1] - rejected:] = 0
                 seen[row] -= rejected
             if not sequence.done:
-                _propose(sequence, prompts[index], lookup, max_new_tokens)
                 keep.append(row)
-                chunks.append(sequence.feed + sequence.proposal)
+        if len(keep) == 1:  # alone, a pass over 2-3 tokens costs what a pass over one does
+            _propose(sequences[live[keep[0]]], prompts[live[keep[0]]], lookup, max_new_tokens)
+        chunks = [sequences[live[row]].feed + sequences[live[row]].proposal for row in keep]
         if len(keep) < len(live):
             if keep:
                 rows = torch.tensor(keep, dtype=torch.long, device=device)
