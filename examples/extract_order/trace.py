@@ -1,6 +1,6 @@
 """Trace calls of ``extract_order`` into training records.
 
-    python examples/extract_order/trace.py --n 600 --out traces/extract_order.jsonl
+    python examples/extract_order/trace.py --n 1200 --out traces/extract_order.jsonl
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ TRACES = "traces/extract_order.jsonl"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=600, help="number of calls to trace")
+    parser.add_argument("--n", type=int, default=1200, help="number of calls to trace")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=TRACES)
     args = parser.parse_args()
