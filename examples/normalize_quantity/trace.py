@@ -1,6 +1,6 @@
 """Trace calls of ``normalize_quantity`` into training records.
 
-    python examples/normalize_quantity/trace.py --n 1000 --out traces/normalize_quantity.jsonl
+    python examples/normalize_quantity/trace.py --n 1500 --out traces/normalize_quantity.jsonl
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ TRACES = "traces/normalize_quantity.jsonl"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1000, help="number of calls to trace")
+    parser.add_argument("--n", type=int, default=1500, help="number of calls to trace")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=TRACES)
     args = parser.parse_args()
