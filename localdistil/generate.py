@@ -17,11 +17,14 @@ use_cache=True)`` rather than ``model.generate``, for two things ``generate`` ca
   per step; a sequence that has finished leaves the batch (and its KV cache rows) at once.
 
 The batch is left-padded; inside a step, sequences that add fewer tokens than the longest are
-left-padded too, those positions (and proposed tokens that were not kept) masked out of attention
-for good, and position ids count real tokens only, so each sequence sees what it would see alone
-(greedy batch output equals one-at-a-time output). Token choice runs in numpy, single-threaded: a torch op over the 49k
-logits costs ~0.03 ms on an idle machine but stalled 10-20 ms whenever another process held the
-second core (an OpenMP barrier waiting for a descheduled thread).
+left-padded too, those positions (and proposed tokens that were not kept) masked out of
+attention for good, and position ids count real tokens only, so each sequence sees what it would
+see alone (greedy batch output equals one-at-a-time output). With a :class:`PromptPrefix`, the
+prefix every prompt shares is not fed at all: its KV cache, computed once, is copied in.
+
+Token choice runs in numpy, single-threaded: a torch op over the 49k logits costs ~0.03 ms on
+an idle machine but stalled 10-20 ms whenever another process held the second core (an OpenMP
+barrier waiting for a descheduled thread).
 
 Measured by ``bench/grammar_backends.py`` on SmolLM2-135M-Instruct, 2 shared CPU cores, 1 torch
 thread, default backend, 2026-11 (see :mod:`localdistil.grammar` for the backends):
@@ -48,6 +51,12 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from localdistil.grammar import Cursor, JsonGrammar
+
+
+#: Prompt lookup proposes tokens only while the pass feeds at most this many: on SmolLM2-135M
+#: on the 2-core CPU a pass over 1, 2 or 3 tokens took 34, 37 and 39 ms, over 4 61 ms (the
+#: matrix kernels change at 4 rows), with 1 or 2 threads alike.
+CHEAP_PASS_TOKENS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,9 +172,8 @@ def generate_json(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, gr
             token before them. False samples every token, one model step each.
         prompt_lookup: with greedy decoding, propose up to this many tokens per step from the
             prompt (those that followed the last written tokens there), kept as far as greedy
-            decoding agrees; 0 turns it off. The output is the same either way. Two is the
-            default: on a CPU a pass over 4 or more tokens costs ~1.7x a pass over one, over 2-3
-            tokens about the same.
+            decoding agrees; 0 turns it off. The output is the same either way. Proposals stop
+            at :data:`CHEAP_PASS_TOKENS` tokens fed in a pass.
         prefix: reuse the KV cache of the prompt prefix shared by this function's calls (see
             :class:`PromptPrefix`); the output is the same either way.
 
@@ -277,11 +285,12 @@ def _propose(sequence: _Sequence, prompt: list[int], size: int, max_new_tokens: 
     """Set the sequence's proposal: the tokens that followed the latest earlier occurrence of its
     last few tokens (up to ``longest_match``, the longest that occurs) in prompt + output.
 
-    Only where the grammar allows the first of them next; never past the token budget.
+    Only where the grammar allows the first of them next; never past the token budget, nor
+    past :data:`CHEAP_PASS_TOKENS` fed in the pass.
     """
     import numpy as np
 
-    size = min(size, max_new_tokens - len(sequence.ids) - 1)
+    size = min(size, max_new_tokens - len(sequence.ids) - 1, CHEAP_PASS_TOKENS - len(sequence.feed))
     sequence.proposal = []
     if size <= 0 or not sequence.ids:
         return
