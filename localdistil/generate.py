@@ -26,15 +26,15 @@ Token choice runs in numpy, single-threaded: a torch op over the 49k logits cost
 an idle machine but stalled 10-20 ms whenever another process held the second core (an OpenMP
 barrier waiting for a descheduled thread).
 
-Measured by ``bench/grammar_backends.py`` on SmolLM2-135M-Instruct, 2 shared CPU cores, 1 torch
-thread, default backend, 2026-11 (see :mod:`localdistil.grammar` for the backends):
+Measured by ``bench/dispatch.py`` on SmolLM2-135M-Instruct with a Multiply adapter, 2 idle CPU
+cores, default backend, 2026-11 (see :mod:`localdistil.grammar` for the backends):
 
-- constrained vs unconstrained decoding at batch 1, same forward calls: 0.95-0.98x per token
-  (target <= 1.05x; the grammar costs ~0.1 ms of a 66-150 ms step);
-- fast-forward on ``Multiply(a:int, b:int, result:int)``: 9 of 19 tokens forced, 1.6-2.0x
-  faster per call (10 model passes instead of 19-24);
-- batch 8 vs batch 1, the same Multiply prompts: 2.6x the throughput (48.6 vs 18.7 tok/s),
-  and token for token the same outputs.
+- constrained vs unconstrained decoding at batch 1, one pass per token: 0.92-0.94x per token
+  (target <= 1.05x; the grammar costs ~0.1 ms of a 34-45 ms pass);
+- one ``Multiply(a:int, b:int, result:int)`` call (19 tokens, 9 forced): 899 ms one pass per
+  token, 691 ms with fast-forward, 574 ms adding prompt lookup; the cached prefix (13 of 29
+  prompt tokens) is within noise there;
+- batch 8 vs batch 1: 3.1-3.5x the calls per second, token for token the same outputs.
 
 :func:`max_tokens_for` picks ``max_new_tokens`` for a schema from the outputs seen in training.
 """
