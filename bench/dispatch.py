@@ -1,6 +1,6 @@
 """Dispatch speed on the embedded SmolLM2-135M, measured in one run, printed as ratios.
 
-    python bench/dispatch.py [--adapter RUN_DIR] [--calls 6]
+    python bench/dispatch.py [--adapter RUN_DIR] [--calls 6] [--extract-run runs/extract_order]
 
 Without --adapter, a small multiply adapter is trained first (8 CPU steps, about a minute), so
 that both sides below answer with the same fine-tuned weights.
@@ -71,6 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", help="a multiply training run to use (default: train one)")
     parser.add_argument("--calls", type=int, default=6, help="calls timed per measurement")
+    parser.add_argument("--extract-run", help="also compare latency on the extraction example's Order, with "
+                        "this extract_order training run (e.g. runs/extract_order)")
     args = parser.parse_args()
 
     import torch
@@ -79,7 +81,7 @@ def main() -> None:
     from localdistil.dispatch import load_adapter
     from localdistil.generate import PromptPrefix, generate_json
     from localdistil.grammar import JsonGrammar
-    from localdistil.prompts import encode_prompt, render_messages
+    from localdistil.prompts import encode_prompt
 
     torch.manual_seed(0)
     random.seed(0)
@@ -101,9 +103,7 @@ def main() -> None:
         spec = fn.spec
         bound = [spec.bind((), c) for c in calls]
         compact = [len(loaded.prompt_ids(b)) for b in bound]
-        instructor_prompts = [render_messages(name=spec.name, args=b, style="full", signature=spec.signature, doc=spec.doc) for b in bound]
-        for messages, b in zip(instructor_prompts, bound):  # instructor's exact user text
-            messages[1]["content"] = f"Return `{spec.name}({', '.join(str(v) for v in b.values())})`"
+        instructor_prompts = instructor_messages(spec, bound)
         full = [len(encode_prompt(tokenizer, m)) for m in instructor_prompts]
 
         # -- constrained vs unconstrained, batch 1 ---------------------------------------------
@@ -132,25 +132,18 @@ def main() -> None:
         prefix_s = statistics.median(timed(constrained(True, 2, prefix), args.calls))
 
         # -- dispatch latency vs Outlines Generator ---------------------------------------------
-        dispatch_s = statistics.median(timed(lambda: [fn(**c) for c in calls], 1)) / len(calls)
-        import outlines
+        dispatch_s, setups, outlines_latency = versus_outlines(fn, calls, loaded)
+        extraction = None
+        if args.extract_run:
+            import importlib.util
 
-        outlines_model = outlines.from_transformers(model, tokenizer)
-        texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in instructor_prompts]
-        setups, outlines_latency = {}, {}
-        for backend in ("outlines_core", "xgrammar", "llguidance"):
-            try:
-                start = time.perf_counter()
-                generator = outlines.Generator(outlines_model, Multiply, backend=backend)
-                generator(texts[0], max_new_tokens=64)
-                setups[backend] = time.perf_counter() - start
-                start = time.perf_counter()
-                answers = [generator(t, max_new_tokens=64) for t in texts]
-                outlines_latency[backend] = (time.perf_counter() - start) / len(texts)
-                valid = sum(_valid(a) for a in answers)
-                outlines_latency[backend + " valid"] = valid / len(texts)
-            except Exception as exc:  # a backend that is not installed or fails: say so
-                setups[backend] = f"unavailable ({type(exc).__name__}: {str(exc)[:60]})"
+            found = importlib.util.spec_from_file_location("order_task", EXAMPLE.parent / "extract_order" / "task.py")
+            order_task = sys.modules["order_task"] = importlib.util.module_from_spec(found)
+            found.loader.exec_module(order_task)
+            extract = Instructions().distil(model=args.extract_run, mode="dispatch")(order_task.extract_order)
+            order_calls = order_task.inputs(args.calls + 1, seed=11)
+            extract(**order_calls[-1])  # warm
+            extraction = versus_outlines(extract, order_calls[:-1], load_adapter(args.extract_run))
 
         # -- batch 8 vs batch 1 ------------------------------------------------------------------
         eight = inputs(8, seed=5)
@@ -171,18 +164,63 @@ def main() -> None:
     for backend, value in setups.items():
         shown = f"{value:.2f} s" if isinstance(value, float) else value
         print(f"                       Outlines Generator ({backend}) + first call: {shown}")
-    print(f"latency per call       localdistil dispatch {dispatch_s * 1000:.0f} ms")
-    for backend, value in outlines_latency.items():
-        if backend.endswith(" valid"):
-            continue
-        print(f"                       Outlines Generator ({backend}) {value * 1000:.0f} ms,"
-              f" valid {outlines_latency[backend + ' valid']:.0%}   ratio {dispatch_s / value:.2f}x   (target <= 0.5x)")
+    print_latency("Multiply", dispatch_s, outlines_latency)
+    if extraction:
+        print_latency("Order (extract_order)", extraction[0], extraction[2])
     print(f"batch 8 vs batch 1     {8 / batch_s:.2f} vs {8 / one_s:.2f} calls/s   ratio {one_s / batch_s:.2f}x   (target >= 3x)")
 
 
-def _valid(text: str) -> bool:
+def instructor_messages(spec, bound: list[dict]) -> list[list[dict]]:
+    """instructor's messages for these calls: its system prompt and ``Return `name(args)```."""
+    from localdistil.prompts import render_messages
+
+    prompts = [render_messages(name=spec.name, args=b, style="full", signature=spec.signature, doc=spec.doc)
+               for b in bound]
+    for messages, b in zip(prompts, bound):  # instructor's exact user text
+        messages[1]["content"] = f"Return `{spec.name}({', '.join(str(v) for v in b.values())})`"
+    return prompts
+
+
+def versus_outlines(fn, calls: list[dict], loaded) -> tuple[float, dict, dict]:
+    """Seconds per call of ``fn`` in dispatch mode, then per Outlines backend: the setup (Generator
+    construction + first call) and the seconds per call and valid rate of the same calls given
+    instructor's prompt, on the same merged model."""
+    import outlines
+
+    model, tokenizer, output_type = loaded.model, loaded.tokenizer, fn.spec.output_type
+    dispatch_s = statistics.median(timed(lambda: [fn(**c) for c in calls], 1)) / len(calls)
+    messages = instructor_messages(fn.spec, [fn.spec.bind((), c) for c in calls])
+    texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
+    budget = loaded.budget()
+    outlines_model = outlines.from_transformers(model, tokenizer)
+    setups, latency = {}, {}
+    for backend in ("outlines_core", "xgrammar", "llguidance"):
+        try:
+            start = time.perf_counter()
+            generator = outlines.Generator(outlines_model, output_type, backend=backend)
+            generator(texts[0], max_new_tokens=budget)
+            setups[backend] = time.perf_counter() - start
+            start = time.perf_counter()
+            answers = [generator(t, max_new_tokens=budget) for t in texts]
+            latency[backend] = (time.perf_counter() - start) / len(texts)
+            latency[backend + " valid"] = sum(_valid(output_type, a) for a in answers) / len(texts)
+        except Exception as exc:  # a backend that is not installed or fails: say so
+            setups[backend] = f"unavailable ({type(exc).__name__}: {str(exc)[:60]})"
+    return dispatch_s, setups, latency
+
+
+def print_latency(title: str, dispatch_s: float, latency: dict) -> None:
+    print(f"latency per call, {title}: localdistil dispatch {dispatch_s * 1000:.0f} ms")
+    for backend, value in latency.items():
+        if backend.endswith(" valid"):
+            continue
+        print(f"                       Outlines Generator ({backend}) {value * 1000:.0f} ms,"
+              f" valid {latency[backend + ' valid']:.0%}   ratio {dispatch_s / value:.2f}x   (target <= 0.5x)")
+
+
+def _valid(output_type, text: str) -> bool:
     try:
-        Multiply.model_validate_json(text)
+        output_type.model_validate_json(text)
         return True
     except Exception:
         return False
