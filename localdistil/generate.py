@@ -1,7 +1,7 @@
 """Constrained decoding: a Hugging Face causal LM writes canonical JSON for a :class:`JsonGrammar`.
 
 :func:`generate_json` runs its own decode loop over ``model(..., past_key_values=...,
-use_cache=True)`` rather than ``model.generate``, for two things ``generate`` cannot do:
+use_cache=True)`` rather than ``model.generate``, for three things ``generate`` cannot do:
 
 - fast-forward: where the grammar forces text (``{"a":``, ``,"result":``, the closing ``}``), its
   tokens are appended without sampling and fed to the model in the same forward pass as the
@@ -11,8 +11,9 @@ use_cache=True)`` rather than ``model.generate``, for two things ``generate`` ca
   followed the last few written ones in the prompt are proposed and fed in the same forward
   pass; each proposed token is kept while it is the token greedy decoding under the grammar
   picks there, so one pass can write several tokens and the output is the one decoding token by
-  token writes. Only while one sequence is decoding: a pass of a single sequence costs about the
-  same over 1-3 tokens, while in a batch every proposed token is extra compute;
+  token writes. Only while one sequence is decoding and a pass feeds at most
+  :data:`CHEAP_PASS_TOKENS`: a pass of a single sequence costs about the same over 1-3 tokens,
+  while in a batch every proposed token is extra compute;
 - per-sequence grammar state in a batch whose sequences grow by different numbers of tokens
   per step; a sequence that has finished leaves the batch (and its KV cache rows) at once.
 
@@ -31,9 +32,9 @@ cores, default backend, 2026-11 (see :mod:`localdistil.grammar` for the backends
 
 - constrained vs unconstrained decoding at batch 1, one pass per token: 0.92-0.94x per token
   (target <= 1.05x; the grammar costs ~0.1 ms of a 34-45 ms pass);
-- one ``Multiply(a:int, b:int, result:int)`` call (19 tokens, 9 forced): 899 ms one pass per
-  token, 691 ms with fast-forward, 574 ms adding prompt lookup; the cached prefix (13 of 29
-  prompt tokens) is within noise there;
+- one ``Multiply(a:int, b:int, result:int)`` call (19 tokens, 9 forced), in two runs: 899/964 ms
+  one pass per token, 691/718 ms with fast-forward, 574/583 ms adding prompt lookup (~11 passes
+  instead of 19), 581/523 ms adding the cached prefix (13 of 29 prompt tokens);
 - batch 8 vs batch 1: 3.1-3.5x the calls per second, token for token the same outputs.
 
 :func:`max_tokens_for` picks ``max_new_tokens`` for a schema from the outputs seen in training.
