@@ -165,6 +165,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
             shutil.rmtree(output_dir)
         if resume:
             _remove_incomplete_checkpoints(output_dir / CHECKPOINTS_SUBDIR)
+            for unfinished in output_dir.glob(f".{ADAPTER_SUBDIR}.*-*"):  # killed while writing the adapter
+                shutil.rmtree(unfinished, ignore_errors=True)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     state.wait_for_everyone()
