@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from localdistil.grammar import Cursor, JsonGrammar
+    from localdistil.tokens import TokenTable
 
 
 #: Prompt lookup proposes tokens only while the pass feeds at most this many: on SmolLM2-135M
@@ -157,7 +159,7 @@ class _Sequence:
 def generate_json(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, grammar: JsonGrammar,
                   prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
                   seed: int | None = None, fast_forward: bool = True,
-                  prompt_lookup: int = 2, prefix: PromptPrefix | None = None) -> list[GenerationResult]:
+                  prompt_lookup: int = 4, prefix: PromptPrefix | None = None) -> list[GenerationResult]:
     """Generate one canonical JSON text per prompt, under ``grammar``, in one batch.
 
     Args:
@@ -171,10 +173,11 @@ def generate_json(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, gr
         seed: seeds sampling (the same batch with the same seed gives the same outputs).
         fast_forward: append forced tokens without sampling, in the same forward pass as the
             token before them. False samples every token, one model step each.
-        prompt_lookup: with greedy decoding, propose up to this many tokens per step from the
-            prompt (those that followed the last written tokens there), kept as far as greedy
-            decoding agrees; 0 turns it off. The output is the same either way. Proposals stop
-            at :data:`CHEAP_PASS_TOKENS` tokens fed in a pass.
+        prompt_lookup: with greedy decoding of one sequence, propose up to this many tokens
+            per step from the prompt (an argument's value where the output writes a field of the
+            same name, else the tokens that followed the last written ones there, only up to
+            :data:`CHEAP_PASS_TOKENS` fed in a pass), kept as far as greedy decoding agrees; 0
+            turns it off. The output is the same either way.
         prefix: reuse the KV cache of the prompt prefix shared by this function's calls (see
             :class:`PromptPrefix`); the output is the same either way.
 
@@ -207,7 +210,7 @@ def _decode(model, grammar, prompts, sequences, pad_id, max_new_tokens, temperat
     if not live:
         return
     if len(live) == 1:
-        _propose(sequences[live[0]], prompts[live[0]], lookup, max_new_tokens)
+        _propose(sequences[live[0]], prompts[live[0]], lookup, max_new_tokens, grammar.table)
     start, cache = prefix.start(model, [prompts[i] for i in live]) if prefix else (0, None)
     chunks = [list(prompts[i][start:]) + sequences[i].feed + sequences[i].proposal for i in live]
     attention = torch.ones((len(live), start), dtype=torch.long, device=device)
@@ -240,7 +243,7 @@ def _decode(model, grammar, prompts, sequences, pad_id, max_new_tokens, temperat
             if not sequence.done:
                 keep.append(row)
         if len(keep) == 1:  # alone, a pass over 2-3 tokens costs what a pass over one does
-            _propose(sequences[live[keep[0]]], prompts[live[keep[0]]], lookup, max_new_tokens)
+            _propose(sequences[live[keep[0]]], prompts[live[keep[0]]], lookup, max_new_tokens, grammar.table)
         chunks = [sequences[live[row]].feed + sequences[live[row]].proposal for row in keep]
         if len(keep) < len(live):
             if keep:
@@ -282,18 +285,28 @@ def _accept(sequence: _Sequence, scores: numpy.ndarray, grammar: JsonGrammar, ma
 
 
 def _propose(sequence: _Sequence, prompt: list[int], size: int, max_new_tokens: int,
-             longest_match: int = 3) -> None:
-    """Set the sequence's proposal: the tokens that followed the latest earlier occurrence of its
-    last few tokens (up to ``longest_match``, the longest that occurs) in prompt + output.
+             table: TokenTable | None = None, longest_match: int = 3) -> None:
+    """Set the sequence's proposal, never past the token budget:
 
-    Only where the grammar allows the first of them next; never past the token budget, nor
-    past :data:`CHEAP_PASS_TOKENS` fed in the pass.
+    - where the output has just written ``"key":`` and the prompt holds the argument ``key=``,
+      the tokens of that argument's value (up to ``size``): prompts render arguments as
+      ``key=<canonical JSON>`` and outputs their fields as ``"key":<canonical JSON>``, so a field
+      that echoes an argument is written with the very same text (needs ``table``);
+    - else the tokens that followed the latest earlier occurrence of the last few tokens (up to
+      ``longest_match``, the longest that occurs) in prompt + output, only where the grammar
+      allows the first of them next and the pass feeds at most :data:`CHEAP_PASS_TOKENS`.
     """
     import numpy as np
 
-    size = min(size, max_new_tokens - len(sequence.ids) - 1, CHEAP_PASS_TOKENS - len(sequence.feed))
+    size = min(size, max_new_tokens - len(sequence.ids) - 1)
     sequence.proposal = []
     if size <= 0 or not sequence.ids:
+        return
+    if table is not None and (echoed := _argument_value(sequence.ids, prompt, table)):
+        sequence.proposal = echoed[:size]
+        return
+    size = min(size, CHEAP_PASS_TOKENS - len(sequence.feed))
+    if size <= 0:
         return
     context = list(prompt) + sequence.ids
     for length in range(min(longest_match, len(context) - 1), 0, -1):
@@ -348,6 +361,31 @@ def _choose(scores: numpy.ndarray, ids: numpy.ndarray, inverted: bool, temperatu
         best = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")),
                    len(cumulative) - 1)
     return best if inverted else int(ids[best])
+
+
+_FIELD_KEY = re.compile(rb'[{,]"([A-Za-z_][A-Za-z0-9_]*)":$')
+
+
+def _argument_value(written: list[int], prompt: list[int], table: TokenTable) -> list[int]:
+    """The prompt's tokens from the value of argument ``key=`` on, where ``written`` ends with
+    ``"key":`` and a prompt token starts exactly at that value; else ``[]``."""
+    import bisect
+
+    tail = b"".join(table.token_bytes[t] or b"" for t in written[-8:] if 0 <= t < table.size)
+    field = _FIELD_KEY.search(tail)
+    if field is None:
+        return []
+    pieces = [table.token_bytes[t] or b"" if 0 <= t < table.size else b"" for t in prompt]
+    starts, offset = [], 0
+    for piece in pieces:
+        starts.append(offset)
+        offset += len(piece)
+    text = b"".join(pieces)
+    for argument in re.finditer(rb"[(,] ?" + re.escape(field.group(1)) + rb"=", text):
+        index = bisect.bisect_left(starts, argument.end())
+        if index < len(prompt) and starts[index] == argument.end():
+            return list(prompt[index:])
+    return []
 
 
 def _left_pad(chunks: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

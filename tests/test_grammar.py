@@ -544,7 +544,7 @@ def _proposing(monkeypatch, guesses):
     """Replace prompt lookup's guesses: ``guesses(prompt, written, size)`` -> tokens to propose."""
     import localdistil.generate as generate
 
-    def propose(sequence, prompt, size, max_new_tokens, longest_match=3):
+    def propose(sequence, prompt, size, max_new_tokens, table=None, longest_match=3):
         size = min(size, max_new_tokens - len(sequence.ids) - 1)
         sequence.proposal = list(guesses(tuple(prompt), sequence.ids, size)) if size > 0 else []
 
@@ -629,6 +629,35 @@ def test_a_prompt_outside_the_prefix_is_decoded_whole(tiny, backend):
     assert prefix.start(model, [other]) == (0, None)
     assert (generate_json(model, tokenizer, grammar, [other], max_new_tokens=20, prefix=prefix)
             == generate_json(model, tokenizer, grammar, [other], max_new_tokens=20))
+
+
+def test_a_field_named_like_an_argument_is_proposed_its_value(tiny, backend, monkeypatch):
+    """Prompts render ``key=<JSON>``, outputs ``"key":<JSON>``: after ``"b":`` the value of ``b=``."""
+    import localdistil.generate as generate
+
+    model, tokenizer = tiny
+    grammar = JsonGrammar.for_schema(Multiply.model_json_schema(), tokenizer, backend=backend)
+    prompt = tokenizer.encode("multiply(a=673, b=977)", add_special_tokens=False)
+    written = tokenizer.encode('{"a":673,"b":', add_special_tokens=False)
+    value = generate._argument_value(written, prompt, grammar.table)
+    assert tokenizer.decode(value).startswith("977)")
+    assert generate._argument_value(written[:-1], prompt, grammar.table) == []  # no `"b":` yet
+    assert generate._argument_value(tokenizer.encode('{"result":', add_special_tokens=False), prompt,
+                                    grammar.table) == []  # no argument of that name
+
+    sequence = generate._Sequence(cursor=grammar.cursor())
+    for token in written:
+        assert sequence.cursor.advance(token)
+    sequence.ids, sequence.feed = list(written), list(written[-3:])
+    generate._propose(sequence, prompt, 4, max_new_tokens=60, table=grammar.table)
+    assert sequence.proposal == value[:4]  # past the cheap width: an echoed argument is worth it
+
+    # greedy output is unchanged with the value proposed
+    prompts = [list(tokenizer.apply_chat_template([{"role": "user", "content": "multiply(a=673, b=977)"}],
+                                                  add_generation_prompt=True, tokenize=True,
+                                                  return_dict=True)["input_ids"])]
+    plain = generate_json(model, tokenizer, grammar, prompts, max_new_tokens=40, prompt_lookup=0)
+    assert generate_json(model, tokenizer, grammar, prompts, max_new_tokens=40, prompt_lookup=4) == plain
 
 
 def test_backends_write_the_same_tokens(tiny):
