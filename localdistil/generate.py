@@ -6,14 +6,15 @@ use_cache=True)`` rather than ``model.generate``, for three things ``generate`` 
 - fast-forward: where the grammar forces text (``{"a":``, ``,"result":``, the closing ``}``), its
   tokens are appended without sampling and fed to the model in the same forward pass as the
   token sampled before them, so a forced run costs no model step of its own;
-- prompt lookup (greedy, one sequence at a time): where the text being written copies the
-  prompt (a name, a number, a phrase the function returns as it was given), the tokens that
-  followed the last few written ones in the prompt are proposed and fed in the same forward
-  pass; each proposed token is kept while it is the token greedy decoding under the grammar
-  picks there, so one pass can write several tokens and the output is the one decoding token by
-  token writes. Only while one sequence is decoding and a pass feeds at most
-  :data:`CHEAP_PASS_TOKENS`: a pass of a single sequence costs about the same over 1-3 tokens,
-  while in a batch every proposed token is extra compute;
+- prompt lookup (greedy): where the text being written copies the prompt, tokens from the
+  prompt are proposed and fed in the same forward pass; each is kept while it is the token
+  greedy decoding under the grammar picks there, so one pass can write several tokens and the
+  output is the one decoding token by token writes. Two kinds of proposal: the value of the
+  argument ``key=`` right after the output writes the field ``"key":`` (an echoed argument is
+  the same canonical JSON text), in a batch too; and, for a sequence decoding alone in a pass
+  that feeds at most :data:`CHEAP_PASS_TOKENS`, the tokens that followed the last written ones
+  in the prompt (a name, a number) -- a pass of one sequence costs about the same over 1-3
+  tokens, while in a batch every guess is extra compute;
 - per-sequence grammar state in a batch whose sequences grow by different numbers of tokens
   per step; a sequence that has finished leaves the batch (and its KV cache rows) at once.
 
@@ -209,8 +210,8 @@ def _decode(model, grammar, prompts, sequences, pad_id, max_new_tokens, temperat
     live = [i for i, s in enumerate(sequences) if not s.done]
     if not live:
         return
-    if len(live) == 1:
-        _propose(sequences[live[0]], prompts[live[0]], lookup, max_new_tokens, grammar.table)
+    for index in live:
+        _propose(sequences[index], prompts[index], lookup, max_new_tokens, grammar.table, len(live) == 1)
     start, cache = prefix.start(model, [prompts[i] for i in live]) if prefix else (0, None)
     chunks = [list(prompts[i][start:]) + sequences[i].feed + sequences[i].proposal for i in live]
     attention = torch.ones((len(live), start), dtype=torch.long, device=device)
@@ -242,8 +243,9 @@ def _decode(model, grammar, prompts, sequences, pad_id, max_new_tokens, temperat
                 seen[row] -= rejected
             if not sequence.done:
                 keep.append(row)
-        if len(keep) == 1:  # alone, a pass over 2-3 tokens costs what a pass over one does
-            _propose(sequences[live[keep[0]]], prompts[live[keep[0]]], lookup, max_new_tokens, grammar.table)
+        for row in keep:  # alone, a pass over 2-3 tokens costs what a pass over one does
+            index = live[row]
+            _propose(sequences[index], prompts[index], lookup, max_new_tokens, grammar.table, len(keep) == 1)
         chunks = [sequences[live[row]].feed + sequences[live[row]].proposal for row in keep]
         if len(keep) < len(live):
             if keep:
@@ -285,14 +287,15 @@ def _accept(sequence: _Sequence, scores: numpy.ndarray, grammar: JsonGrammar, ma
 
 
 def _propose(sequence: _Sequence, prompt: list[int], size: int, max_new_tokens: int,
-             table: TokenTable | None = None, longest_match: int = 3) -> None:
+             table: TokenTable | None = None, alone: bool = True, longest_match: int = 3) -> None:
     """Set the sequence's proposal, never past the token budget:
 
     - where the output has just written ``"key":`` and the prompt holds the argument ``key=``,
       the tokens of that argument's value (up to ``size``): prompts render arguments as
       ``key=<canonical JSON>`` and outputs their fields as ``"key":<canonical JSON>``, so a field
       that echoes an argument is written with the very same text (needs ``table``);
-    - else the tokens that followed the latest earlier occurrence of the last few tokens (up to
+    - else, for a sequence decoding ``alone`` (in a batch a guess is extra compute), the tokens
+      that followed the latest earlier occurrence of the last few tokens (up to
       ``longest_match``, the longest that occurs) in prompt + output, only where the grammar
       allows the first of them next and the pass feeds at most :data:`CHEAP_PASS_TOKENS`.
     """
@@ -306,7 +309,7 @@ def _propose(sequence: _Sequence, prompt: list[int], size: int, max_new_tokens: 
         sequence.proposal = echoed[:size]
         return
     size = min(size, CHEAP_PASS_TOKENS - len(sequence.feed))
-    if size <= 0:
+    if size <= 0 or not alone:
         return
     context = list(prompt) + sequence.ids
     for length in range(min(longest_match, len(context) - 1), 0, -1):

@@ -544,7 +544,7 @@ def _proposing(monkeypatch, guesses):
     """Replace prompt lookup's guesses: ``guesses(prompt, written, size)`` -> tokens to propose."""
     import localdistil.generate as generate
 
-    def propose(sequence, prompt, size, max_new_tokens, table=None, longest_match=3):
+    def propose(sequence, prompt, size, max_new_tokens, table=None, alone=True, longest_match=3):
         size = min(size, max_new_tokens - len(sequence.ids) - 1)
         sequence.proposal = list(guesses(tuple(prompt), sequence.ids, size)) if size > 0 else []
 
