@@ -121,15 +121,14 @@ def main() -> None:
         generate_json(model, tokenizer, grammar, [loaded.prompt_ids(b) for b in bound[:2]], max_new_tokens=64,
                       prefix=prefix)  # learns the prefix the prompts share
 
-        def constrained(fast_forward: bool, prompt_lookup: int = 0, prefix=None):
-            return lambda: generate_json(model, tokenizer, grammar, [prompt], max_new_tokens=64,
-                                         fast_forward=fast_forward, prompt_lookup=prompt_lookup, prefix=prefix)
+        def constrained(**options):
+            return lambda: generate_json(model, tokenizer, grammar, [prompt], max_new_tokens=64, **options)
 
         plain_s = statistics.median(timed(unconstrained, args.calls))
-        step_s = statistics.median(timed(constrained(False), args.calls))
-        ff_s = statistics.median(timed(constrained(True), args.calls))
-        lookup_s = statistics.median(timed(constrained(True, 2), args.calls))
-        prefix_s = statistics.median(timed(constrained(True, 2, prefix), args.calls))
+        step_s = statistics.median(timed(constrained(fast_forward=False, prompt_lookup=0), args.calls))
+        ff_s = statistics.median(timed(constrained(prompt_lookup=0), args.calls))
+        lookup_s = statistics.median(timed(constrained(), args.calls))  # the default lookup
+        prefix_s = statistics.median(timed(constrained(prefix=prefix), args.calls))
 
         # -- dispatch latency vs Outlines Generator ---------------------------------------------
         dispatch_s, setups, outlines_latency = versus_outlines(fn, calls, loaded)
