@@ -31,12 +31,12 @@ barrier waiting for a descheduled thread).
 Measured by ``bench/dispatch.py`` on SmolLM2-135M-Instruct with a Multiply adapter, 2 idle CPU
 cores, default backend, 2026-11 (see :mod:`localdistil.grammar` for the backends):
 
-- constrained vs unconstrained decoding at batch 1, one pass per token: 0.92-0.94x per token
-  (target <= 1.05x; the grammar costs ~0.1 ms of a 34-45 ms pass);
-- one ``Multiply(a:int, b:int, result:int)`` call (~21 tokens, 7 forced), in two runs: 899/964 ms
-  one pass per token, 691/718 ms with fast-forward, 574/583 ms adding prompt lookup (~11 passes
-  instead of ~15), 581/523 ms adding the cached prefix (13 of 29 prompt tokens);
-- batch 8 vs batch 1: 3.1-3.5x the calls per second, token for token the same outputs.
+- constrained vs unconstrained decoding at batch 1, one pass per token: 0.91-0.98x per token
+  (target <= 1.05x; the grammar costs ~0.1 ms of a 34-46 ms pass);
+- one ``Multiply(a:int, b:int, result:int)`` call (~21 tokens, 7 forced): 993 ms one pass per
+  token, 701 ms with fast-forward, 494 ms adding prompt lookup (8-9 passes instead of ~15),
+  477 ms adding the cached prefix (13 of 29 prompt tokens); 0.40-0.42x of ``outlines.Generator``;
+- batch 8 vs batch 1: 3.2-3.5x the calls per second, token for token the same outputs.
 
 :func:`max_tokens_for` picks ``max_new_tokens`` for a schema from the outputs seen in training.
 """
