@@ -67,8 +67,10 @@ class LoadedAdapter:
     """The :class:`~localdistil.generate.PromptPrefix` of this adapter's prompts (made lazily)."""
 
     def budget(self) -> int:
-        """The default token budget of one answer."""
-        return int(self.manifest.max_output_tokens * 1.5) + 8
+        """The default token budget of one answer, from the longest training answer."""
+        from .generate import budget_for
+
+        return budget_for(self.manifest.max_output_tokens)
 
     def generate(self, schema: dict[str, Any], prompts: list[list[int]], *, max_new_tokens: int,
                  temperature: float = 0.0, seed: int | None = None) -> list[GenerationResult]:

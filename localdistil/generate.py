@@ -243,7 +243,7 @@ def _decode(model, grammar, prompts, sequences, pad_id, max_new_tokens, temperat
                 seen[row] -= rejected
             if not sequence.done:
                 keep.append(row)
-        for row in keep:  # alone, a pass over 2-3 tokens costs what a pass over one does
+        for row in keep:  # n-gram guesses only for a sequence decoding alone (see _propose)
             index = live[row]
             _propose(sequences[index], prompts[index], lookup, max_new_tokens, grammar.table, len(keep) == 1)
         chunks = [sequences[live[row]].feed + sequences[live[row]].proposal for row in keep]
@@ -443,6 +443,12 @@ def _check_arguments(tokenizer, grammar, prompts, max_new_tokens, temperature) -
 # --- token budget ---------------------------------------------------------------------------
 
 
+def budget_for(longest: int, *, factor: float = 1.5, margin: int = 8) -> int:
+    """The token budget of one answer whose longest seen (or estimated) form is ``longest``
+    tokens: ``longest`` x ``factor`` + ``margin``."""
+    return int(longest * factor) + margin
+
+
 def max_tokens_for(schema: dict[str, Any], observed_output_texts: list[str] | tuple[str, ...],
                    tokenizer: PreTrainedTokenizerBase, *, factor: float = 1.5,
                    margin: int = 8) -> int:
@@ -456,10 +462,9 @@ def max_tokens_for(schema: dict[str, Any], observed_output_texts: list[str] | tu
     lengths = [len(tokenizer.encode(text, add_special_tokens=False))
                for text in observed_output_texts]
     if lengths:
-        return int(max(lengths) * factor) + margin
+        return budget_for(max(lengths), factor=factor, margin=margin)
     defs = schema.get("$defs") or schema.get("definitions") or {}
-    estimate = _estimate(schema, defs, tokenizer, 0)
-    return int(estimate * factor) + margin
+    return budget_for(_estimate(schema, defs, tokenizer, 0), factor=factor, margin=margin)
 
 
 def _estimate(schema: Any, defs: dict[str, Any], tokenizer: PreTrainedTokenizerBase,
