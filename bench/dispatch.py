@@ -42,8 +42,8 @@ from task import Multiply, inputs, multiply  # noqa: E402
 
 def train_adapter(root: Path) -> Path:
     from localdistil import Instructions
-    from localdistil.recipe import parse_recipe
-    from localdistil.train import train
+    from localdistil.training.recipe import parse_recipe
+    from localdistil.training.train import train
 
     traces = root / "multiply.jsonl"
     traced = Instructions(path=str(traces)).distil(multiply)
@@ -78,9 +78,9 @@ def main() -> None:
     import torch
 
     from localdistil import Instructions
-    from localdistil.dispatch import load_adapter
-    from localdistil.generate import PromptPrefix, generate_json
-    from localdistil.grammar import JsonGrammar
+    from localdistil.inference.dispatch import load_adapter
+    from localdistil.inference.generate import PromptPrefix, generate_json
+    from localdistil.inference.grammar import JsonGrammar
     from localdistil.prompts import encode_prompt
 
     torch.manual_seed(0)

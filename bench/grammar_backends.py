@@ -27,9 +27,9 @@ import time
 
 from pydantic import BaseModel, Field
 
-from localdistil.generate import _choose, generate_json
-from localdistil.grammar import BACKENDS, DEFAULT_BACKEND, JsonGrammar, canonical_regex
-from localdistil.tokens import TokenTable
+from localdistil.inference.generate import _choose, generate_json
+from localdistil.inference.grammar import BACKENDS, DEFAULT_BACKEND, JsonGrammar, canonical_regex
+from localdistil.inference.tokens import TokenTable
 
 
 class Multiply(BaseModel):
@@ -79,7 +79,7 @@ def chat(tokenizer, text: str) -> list[int]:
 
 
 def load(reference: str):
-    from localdistil.models import load_causal_lm, load_tokenizer, resolve_model
+    from localdistil.models.resolve import load_causal_lm, load_tokenizer, resolve_model
 
     path = resolve_model(reference)
     return load_causal_lm(path, dtype="float32"), load_tokenizer(path)

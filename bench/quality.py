@@ -58,10 +58,10 @@ def digit_accuracy(samples: list[dict], field: str) -> float:
 
 def measure(example: str, limit: int | None, batch_size: int) -> list[dict] | str:
     """The example's rows of the table, or why it has none."""
-    from localdistil.adapter import adapter_dir
-    from localdistil.dataset import select_records
-    from localdistil.evaluate import evaluate
-    from localdistil.recipe import load_recipe
+    from localdistil.models.adapter import adapter_dir
+    from localdistil.training.dataset import select_records
+    from localdistil.training.evaluate import evaluate
+    from localdistil.training.recipe import load_recipe
 
     recipe_path = ROOT / "recipes" / f"{example}.yaml"
     recipe = load_recipe(recipe_path)

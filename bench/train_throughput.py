@@ -71,8 +71,8 @@ def plain_trl(model_path: Path, records: Path, steps: int, batch: int, out: Path
 
 
 def localdistil_train(model: str, records: Path, steps: int, batch: int, out: Path, **train_options) -> tuple[float, int]:
-    from localdistil.recipe import parse_recipe
-    from localdistil.train import train
+    from localdistil.training.recipe import parse_recipe
+    from localdistil.training.train import train
 
     recipe = parse_recipe({
         "model": model,
@@ -95,7 +95,7 @@ def main() -> None:
                         help="leave out the packing run (about 5x slower per token on CPU)")
     args = parser.parse_args()
 
-    from localdistil.models import resolve_model
+    from localdistil.models.resolve import resolve_model
 
     random.seed(0)
     model_path = resolve_model(args.model)

@@ -7,7 +7,7 @@ Importing localdistil is cheap: torch, transformers and friends are imported onl
 functions that train or generate.
 """
 
-from .errors import (
+from localdistil.errors import (
     AdapterError,
     AdapterMismatchError,
     DatasetError,
@@ -20,9 +20,9 @@ from .errors import (
     TraceError,
     TraceWarning,
 )
-from .instructions import Instructions
-from .records import Record, RecordSet, read_records
-from .spec import FunctionSpec
+from localdistil.trace import Instructions
+from localdistil.records import Record, RecordSet, read_records
+from localdistil.spec import FunctionSpec
 
 __version__ = "0.1.0"
 

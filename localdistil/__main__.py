@@ -1,5 +1,5 @@
 """``python -m localdistil``: the command line (see :mod:`localdistil.cli`)."""
 
-from .cli import main
+from localdistil.cli import main
 
 raise SystemExit(main())

@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .errors import LocaldistilError
+from localdistil.errors import LocaldistilError
 
 EPILOG = """examples:
   localdistil records stats traces/three_digit_multiply.jsonl
@@ -116,14 +116,14 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _models_pull(args: argparse.Namespace) -> int:
-    from .models import pull_model
+    from localdistil.models.resolve import pull_model
 
     print(pull_model(args.reference))
     return 0
 
 
 def _models_list(args: argparse.Namespace) -> int:
-    from .models import known_aliases, list_models
+    from localdistil.models.resolve import known_aliases, list_models
 
     print("aliases")
     for alias, info in sorted(known_aliases().items()):
@@ -138,9 +138,9 @@ def _models_list(args: argparse.Namespace) -> int:
 def _dataset(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .dataset import build_dataset, format_report, select_records
-    from .models import load_tokenizer, resolve_model
-    from .recipe import load_recipe
+    from localdistil.training.dataset import build_dataset, format_report, select_records
+    from localdistil.models.resolve import load_tokenizer, resolve_model
+    from localdistil.training.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     selection = select_records(recipe)
@@ -155,8 +155,8 @@ def _dataset(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .recipe import load_recipe
-    from .train import train
+    from localdistil.training.recipe import load_recipe
+    from localdistil.training.train import train
 
     result = train(load_recipe(args.recipe, args.overrides), overwrite=args.overwrite, resume=args.resume)
     if not result.is_main_process:  # accelerate launch: the main process reports for all
@@ -175,7 +175,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _records_stats(args: argparse.Namespace) -> int:
-    from .records import read_records, summarize_records
+    from localdistil.records import read_records, summarize_records
 
     record_set = read_records(args.files, strict=args.strict)
     print(f"{len(record_set.files)} file(s), {len(record_set.records)} record(s), "
@@ -201,17 +201,17 @@ def _records_stats(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .evaluate import evaluate, format_eval, write_eval
+    from localdistil.training.evaluate import evaluate, format_eval, write_eval
 
     if args.adapter:
         if args.recipe or not args.data:
             raise _usage("eval takes a recipe, or --adapter with --data, not both")
-        from .records import read_records
+        from localdistil.records import read_records
 
         adapter, records = Path(args.adapter), read_records(args.data).records
     elif args.recipe:
-        from .dataset import select_records
-        from .recipe import load_recipe
+        from localdistil.training.dataset import select_records
+        from localdistil.training.recipe import load_recipe
 
         recipe = load_recipe(args.recipe, args.overrides)
         adapter, records = Path(recipe.output.dir), select_records(recipe).eval
@@ -226,7 +226,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import export_merged, vllm_command
+    from localdistil.models.export import export_merged, vllm_command
 
     command = vllm_command(args.run)
     if args.merged:

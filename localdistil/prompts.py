@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic_core import to_json
 
-from .spec import canonical_json
+from localdistil.spec import canonical_json
 
 PromptStyle = Literal["compact", "full"]
 

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from .errors import DecorationError
+from localdistil.errors import DecorationError
 
 #: Parameters left out of bound arguments and prompts: the receiver of a method.
 RECEIVER_NAMES = frozenset({"self", "cls"})

@@ -44,7 +44,7 @@ def smollm2_path(smollm2_home):
 def _resolve_in(home, reference):
     import os
 
-    from localdistil.models import resolve_model
+    from localdistil.models.resolve import resolve_model
 
     previous = os.environ.get("LOCALDISTIL_HOME")
     os.environ["LOCALDISTIL_HOME"] = str(home)

@@ -9,10 +9,10 @@ from pydantic import BaseModel
 
 from localdistil import DatasetError, Instructions, RecipeError
 from localdistil.cli import main
-from localdistil.dataset import build_dataset, format_report, select_records
-from localdistil.models import load_tokenizer
+from localdistil.training.dataset import build_dataset, format_report, select_records
+from localdistil.models.resolve import load_tokenizer
 from localdistil.prompts import encode_prompt, render_messages
-from localdistil.recipe import parse_recipe
+from localdistil.training.recipe import parse_recipe
 
 
 class Multiply(BaseModel):

@@ -12,11 +12,11 @@ import pytest
 from pydantic import BaseModel, field_validator, model_validator
 
 from localdistil import AdapterError, AdapterMismatchError, DecorationError, DispatchError, Instructions
-from localdistil.dataset import build_dataset, select_records
-from localdistil.dispatch import load_adapter
-from localdistil.models import load_tokenizer
-from localdistil.recipe import parse_recipe
-from localdistil.train import train
+from localdistil.training.dataset import build_dataset, select_records
+from localdistil.inference.dispatch import load_adapter
+from localdistil.models.resolve import load_tokenizer
+from localdistil.training.recipe import parse_recipe
+from localdistil.training.train import train
 
 
 class Verdict(BaseModel):

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from localdistil.adapter import read_manifest
+from localdistil.models.adapter import read_manifest
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from localdistil import Instructions, read_records
-from localdistil.adapter import read_manifest
+from localdistil.models.adapter import read_manifest
 from localdistil.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "three_digit_multiply"))

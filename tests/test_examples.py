@@ -17,7 +17,7 @@ from types import ModuleType
 
 import pytest
 
-from localdistil.recipe import load_recipe
+from localdistil.training.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -12,11 +12,11 @@ import torch
 from pydantic import BaseModel
 
 from localdistil import AdapterError, Instructions, LocaldistilError
-from localdistil.adapter import MANIFEST_NAME
+from localdistil.models.adapter import MANIFEST_NAME
 from localdistil.cli import main
-from localdistil.export import MERGED_MANIFEST_NAME, export_merged, vllm_command
-from localdistil.recipe import parse_recipe
-from localdistil.train import train
+from localdistil.models.export import MERGED_MANIFEST_NAME, export_merged, vllm_command
+from localdistil.training.recipe import parse_recipe
+from localdistil.training.train import train
 
 
 class Multiply(BaseModel):

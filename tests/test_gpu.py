@@ -20,9 +20,9 @@ import pytest
 import torch
 import yaml
 
-from localdistil.adapter import read_manifest
-from localdistil.recipe import parse_recipe
-from localdistil.train import train
+from localdistil.models.adapter import read_manifest
+from localdistil.training.recipe import parse_recipe
+from localdistil.training.train import train
 
 pytestmark = [
     pytest.mark.gpu,

@@ -22,8 +22,8 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from tiny_model import CHAT_TEMPLATE
 
 from localdistil.errors import DispatchError
-from localdistil.generate import GenerationResult, PromptPrefix, generate_json, max_tokens_for
-from localdistil.grammar import (
+from localdistil.inference.generate import GenerationResult, PromptPrefix, generate_json, max_tokens_for
+from localdistil.inference.grammar import (
     BACKENDS,
     INTEGER,
     NUMBER,
@@ -377,7 +377,7 @@ def test_grammar_refuses_non_canonical_text(tiny, backend, change):
 
 
 def test_grammar_cache_returns_the_same_object_once_built(tiny, monkeypatch):
-    import localdistil.grammar as grammar_module
+    import localdistil.inference.grammar as grammar_module
 
     _, tokenizer = tiny
 
@@ -542,7 +542,7 @@ def test_fast_forward_feeds_forced_runs_in_one_pass(tiny, backend, monkeypatch):
 
 def _proposing(monkeypatch, guesses):
     """Replace prompt lookup's guesses: ``guesses(prompt, written, size)`` -> tokens to propose."""
-    import localdistil.generate as generate
+    import localdistil.inference.generate as generate
 
     def propose(sequence, prompt, size, max_new_tokens, table=None, alone=True, longest_match=3):
         size = min(size, max_new_tokens - len(sequence.ids) - 1)
@@ -578,7 +578,7 @@ def test_proposed_tokens_change_the_passes_not_the_output(tiny, backend, monkeyp
 
 def test_prompt_lookup_copies_from_the_prompt(tiny, backend, monkeypatch):
     """The real lookup: the tokens that followed the last written ones in the prompt."""
-    import localdistil.generate as generate
+    import localdistil.inference.generate as generate
 
     _, tokenizer = tiny
     grammar = JsonGrammar.for_schema(Item.model_json_schema(), tokenizer, backend=backend)
@@ -633,7 +633,7 @@ def test_a_prompt_outside_the_prefix_is_decoded_whole(tiny, backend):
 
 def test_a_field_named_like_an_argument_is_proposed_its_value(tiny, backend, monkeypatch):
     """Prompts render ``key=<JSON>``, outputs ``"key":<JSON>``: after ``"b":`` the value of ``b=``."""
-    import localdistil.generate as generate
+    import localdistil.inference.generate as generate
 
     model, tokenizer = tiny
     grammar = JsonGrammar.for_schema(Multiply.model_json_schema(), tokenizer, backend=backend)
@@ -717,7 +717,7 @@ def test_budget_from_the_schema_alone(tiny):
 @pytest.fixture(scope="module")
 def smollm2(smollm2_path):
     """(model, tokenizer) of SmolLM2-135M-Instruct, from the session's converted copy."""
-    from localdistil.models import load_causal_lm, load_tokenizer
+    from localdistil.models.resolve import load_causal_lm, load_tokenizer
 
     return load_causal_lm(smollm2_path).eval(), load_tokenizer(smollm2_path)
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from tiny_model import build_tiny_gguf, build_tiny_model
 
-from localdistil import models
+from localdistil.models import resolve as models
 from localdistil.errors import ModelError
 
 

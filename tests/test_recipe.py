@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from localdistil.errors import RecipeError
-from localdistil.recipe import Recipe, load_recipe, parse_recipe, resolve_data_files
+from localdistil.training.recipe import Recipe, load_recipe, parse_recipe, resolve_data_files
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # recipes/accelerate/ holds accelerate launch configs, not recipes (tests/test_distributed.py)

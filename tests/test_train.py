@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from localdistil import DatasetError, ModelError, RecipeError
-from localdistil.adapter import read_manifest
+from localdistil.models.adapter import read_manifest
 from localdistil.cli import main
-from localdistil.recipe import parse_recipe
-from localdistil.train import train
+from localdistil.training.recipe import parse_recipe
+from localdistil.training.train import train
 
 
 def tiny_recipe(model, data, out, **train):

@@ -14,7 +14,7 @@ up. The marker also records the weight files' sizes, mtimes and SHA-256 (:func:`
 :func:`weight_files`, :func:`weight_stats`, :func:`hash_weights`), so the content hash of an
 unchanged converted model need not be recomputed.
 
-This module takes its directories from the caller (:mod:`localdistil.models`, which owns the
+This module takes its directories from the caller (:mod:`localdistil.models.resolve`, which owns the
 cache layout) and imports nothing from it. torch, transformers and safetensors are imported
 inside the functions that need them.
 """

@@ -6,7 +6,7 @@ order, every field present (defaults included), no whitespace anywhere, strings 
 Pydantic escapes them, floats in Pydantic's shortest form (up to the limit described at
 :func:`_number_regex`). Free whitespace is excluded on purpose: small models given the choice
 loop on newlines until the token cap. The decode loop that walks the automaton is
-:func:`localdistil.generate.generate_json`.
+:func:`localdistil.inference.generate.generate_json`.
 
 A grammar is built once per (schema, tokenizer, backend) in a process
 (:meth:`JsonGrammar.for_schema` caches it):
@@ -19,7 +19,7 @@ A grammar is built once per (schema, tokenizer, backend) in a process
    (``\\u0001``, raw DEL and U+0080-U+009F). Recursive types are refused (a regular expression
    cannot nest without bound; Outlines cuts them at depth 3 and then wrote ``,}``);
 3. a backend compiles the expression against the tokenizer's vocabulary, given as the exact
-   bytes of each token (special tokens left out; :class:`localdistil.tokens.TokenTable`
+   bytes of each token (special tokens left out; :class:`localdistil.inference.tokens.TokenTable`
    reads them); a :class:`Cursor` per sequence walks it.
 
 Not expressed, so left to Pydantic's validation (a caller may retry or fall back): numeric
@@ -77,7 +77,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from localdistil.errors import DispatchError
-from localdistil.tokens import TokenTable, _import_llguidance
+from localdistil.inference.tokens import TokenTable, _import_llguidance
 
 if TYPE_CHECKING:
     import numpy

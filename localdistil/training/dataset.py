@@ -24,15 +24,15 @@ import statistics
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from .errors import DatasetError
-from .prompts import encode_completion, encode_prompt, render_completion, render_messages
-from .records import Record, RecordProblem, read_records
-from .spec import canonical_json, sha256_hex
+from localdistil.errors import DatasetError
+from localdistil.prompts import encode_completion, encode_prompt, render_completion, render_messages
+from localdistil.records import Record, RecordProblem, read_records
+from localdistil.spec import canonical_json, sha256_hex
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from .recipe import Recipe
+    from localdistil.training.recipe import Recipe
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,7 @@ an idle machine but stalled 10-20 ms whenever another process held the second co
 barrier waiting for a descheduled thread).
 
 Measured by ``bench/dispatch.py`` on SmolLM2-135M-Instruct with a Multiply adapter, 2 idle CPU
-cores, default backend, 2026-11 (see :mod:`localdistil.grammar` for the backends):
+cores, default backend, 2026-11 (see :mod:`localdistil.inference.grammar` for the backends):
 
 - constrained vs unconstrained decoding at batch 1, one pass per token: 0.91-0.98x per token
   (target <= 1.05x; the grammar costs ~0.1 ms of a 34-46 ms pass);
@@ -53,8 +53,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from localdistil.grammar import Cursor, JsonGrammar
-    from localdistil.tokens import TokenTable
+    from localdistil.inference.grammar import Cursor, JsonGrammar
+    from localdistil.inference.tokens import TokenTable
 
 
 #: Prompt lookup proposes tokens only while the pass feeds at most this many: on SmolLM2-135M
@@ -420,7 +420,7 @@ def _check_arguments(tokenizer, grammar, prompts, max_new_tokens, temperature) -
     """Raise ValueError/TypeError for calls that cannot be served (programming errors)."""
     import numbers
 
-    from localdistil.grammar import JsonGrammar
+    from localdistil.inference.grammar import JsonGrammar
 
     if not isinstance(grammar, JsonGrammar):
         raise TypeError("grammar must come from JsonGrammar.for_schema, not "

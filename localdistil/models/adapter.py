@@ -25,8 +25,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import AdapterError, AdapterMismatchError
-from .spec import FunctionSpec, canonical_json, sha256_hex
+from localdistil.errors import AdapterError, AdapterMismatchError
+from localdistil.spec import FunctionSpec, canonical_json, sha256_hex
 
 MANIFEST_NAME = "localdistil.json"
 ADAPTER_SUBDIR = "adapter"
@@ -151,7 +151,7 @@ def check_compatible(manifest: Manifest, spec: FunctionSpec, *, path: str | os.P
         ``{field: (trained, now)}`` for the prompt version, the output schema and the
         fingerprint; empty when they all match.
     """
-    from .prompts import PROMPT_VERSION
+    from localdistil.prompts import PROMPT_VERSION
 
     changes: dict[str, tuple[Any, Any]] = {}
     if manifest.prompt_version != PROMPT_VERSION:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .records import Record
+from localdistil.records import Record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +104,8 @@ def evaluate(adapter: str | Path, records: Sequence[Record], *, batch_size: int 
         AdapterError: no complete adapter at ``adapter``.
         DatasetError: no record has arguments to dispatch.
     """
-    from .dispatch import load_adapter
-    from .errors import DatasetError
+    from localdistil.inference.dispatch import load_adapter
+    from localdistil.errors import DatasetError
 
     loaded = load_adapter(adapter)
     schema = loaded.manifest.output_schema or {}

@@ -17,9 +17,9 @@ import json
 import re
 from typing import Any
 
-from .errors import RecordError
-from .prompts import FULL_SYSTEM_HEADER, render_messages
-from .records import Record
+from localdistil.errors import RecordError
+from localdistil.prompts import FULL_SYSTEM_HEADER, render_messages
+from localdistil.records.record import Record
 
 
 def parse_chat(obj: dict[str, Any]) -> Record:

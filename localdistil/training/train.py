@@ -36,14 +36,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .adapter import ADAPTER_SUBDIR, Manifest, library_versions, tokenizer_hash, write_manifest, writing_directory
-from .dataset import TrainingData, build_dataset, format_report, select_records
-from .errors import RecipeError
-from .models import load_tokenizer, model_content_hash, resolve_model
-from .prompts import PROMPT_VERSION
+from localdistil.models.adapter import ADAPTER_SUBDIR, Manifest, library_versions, tokenizer_hash, write_manifest, writing_directory
+from localdistil.training.dataset import TrainingData, build_dataset, format_report, select_records
+from localdistil.errors import RecipeError
+from localdistil.models.resolve import load_tokenizer, model_content_hash, resolve_model
+from localdistil.prompts import PROMPT_VERSION
 
 if TYPE_CHECKING:
-    from .recipe import Recipe
+    from localdistil.training.recipe import Recipe
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 #: How long a process waits for the others at a barrier (transformers' ``ddp_timeout`` default).
@@ -143,7 +143,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     """Train a LoRA adapter as ``recipe`` says, and write the run directory.
 
     Args:
-        recipe: a validated recipe (see :func:`localdistil.recipe.load_recipe`).
+        recipe: a validated recipe (see :func:`localdistil.training.recipe.load_recipe`).
         overwrite: replace an existing ``output.dir``.
         resume: continue an interrupted run from its last checkpoint.
 
@@ -213,7 +213,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
         write_manifest(staging, manifest)
     held_out = [r for r in selection.eval if r.args is not None][: recipe.train.eval_samples]
     if held_out:
-        from .evaluate import evaluate, format_eval, write_eval
+        from localdistil.training.evaluate import evaluate, format_eval, write_eval
 
         _say(f"evaluating the adapter on {len(held_out)} held-out call(s)")
         report = evaluate(adapter_path, held_out)

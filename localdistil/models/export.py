@@ -26,8 +26,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from .adapter import Manifest, adapter_dir, read_manifest, writing_directory
-from .errors import AdapterError, LocaldistilError
+from localdistil.models.adapter import Manifest, adapter_dir, read_manifest, writing_directory
+from localdistil.errors import AdapterError, LocaldistilError
 
 #: The values vLLM's ``--max-lora-rank`` accepts (``vllm/config/lora.py``, ``MaxLoRARanks``).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -57,7 +57,7 @@ def export_merged(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     """
     from peft import PeftModel
 
-    from .models import load_causal_lm, load_tokenizer, model_content_hash, resolve_model
+    from localdistil.models.resolve import load_causal_lm, load_tokenizer, model_content_hash, resolve_model
 
     directory = adapter_dir(run_dir)
     manifest = read_manifest(directory)

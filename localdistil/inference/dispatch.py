@@ -7,7 +7,7 @@ tokenizer are the ones the adapter was trained on.
 
 :class:`Dispatcher` answers calls of one function: it renders the prompt with
 :mod:`localdistil.prompts` exactly as training did (same style, name and signature as the
-manifest records), decodes under the return type's grammar (:mod:`localdistil.grammar`:
+manifest records), decodes under the return type's grammar (:mod:`localdistil.inference.grammar`:
 canonical compact JSON, no free whitespace) and validates the text into the return type.
 
 - A manifest made for another version of the function raises :class:`AdapterMismatchError`
@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from .adapter import MANIFEST_NAME, Manifest, adapter_dir, check_compatible, mismatch_error, read_manifest, tokenizer_hash
-from .errors import AdapterError, DispatchError
-from .prompts import encode_prompt, render_messages
-from .spec import FunctionSpec
+from localdistil.models.adapter import MANIFEST_NAME, Manifest, adapter_dir, check_compatible, mismatch_error, read_manifest, tokenizer_hash
+from localdistil.errors import AdapterError, DispatchError
+from localdistil.prompts import encode_prompt, render_messages
+from localdistil.spec import FunctionSpec
 
 if TYPE_CHECKING:
-    from .generate import GenerationResult
+    from localdistil.inference.generate import GenerationResult
 
 #: What ``on_invalid`` accepts.
 ON_INVALID = ("raise", "retry", "fallback")
@@ -64,19 +64,19 @@ class LoadedAdapter:
     model: Any
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     prefix: Any = None
-    """The :class:`~localdistil.generate.PromptPrefix` of this adapter's prompts (made lazily)."""
+    """The :class:`~localdistil.inference.generate.PromptPrefix` of this adapter's prompts (made lazily)."""
 
     def budget(self) -> int:
         """The default token budget of one answer, from the longest training answer."""
-        from .generate import budget_for
+        from localdistil.inference.generate import budget_for
 
         return budget_for(self.manifest.max_output_tokens)
 
     def generate(self, schema: dict[str, Any], prompts: list[list[int]], *, max_new_tokens: int,
                  temperature: float = 0.0, seed: int | None = None) -> list[GenerationResult]:
         """Constrained generation of one answer per prompt (token ids), in one batch."""
-        from .generate import PromptPrefix, generate_json
-        from .grammar import JsonGrammar
+        from localdistil.inference.generate import PromptPrefix, generate_json
+        from localdistil.inference.grammar import JsonGrammar
 
         grammar = JsonGrammar.for_schema(schema, self.tokenizer)
         with self.lock:
@@ -120,7 +120,7 @@ def _load(directory: Path) -> LoadedAdapter:
     import torch
     from peft import PeftModel
 
-    from .models import load_causal_lm, load_tokenizer, model_content_hash, resolve_model
+    from localdistil.models.resolve import load_causal_lm, load_tokenizer, model_content_hash, resolve_model
 
     manifest = read_manifest(directory)
     base_path = resolve_model(manifest.base_model)
@@ -184,7 +184,7 @@ class Dispatcher:
 
     def warmup(self) -> None:
         """Load the model and build the grammar now, not on the first call."""
-        from .grammar import JsonGrammar
+        from localdistil.inference.grammar import JsonGrammar
 
         JsonGrammar.for_schema(self.spec.output_schema, self.loaded.tokenizer)
 

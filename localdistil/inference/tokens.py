@@ -2,7 +2,7 @@
 tokenizer, and each grammar backend's view of that vocabulary.
 
 A :class:`TokenTable` is made once per tokenizer (``JsonGrammar.for_schema`` in
-:mod:`localdistil.grammar` caches it) and shared by every grammar built over that tokenizer.
+:mod:`localdistil.inference.grammar` caches it) and shared by every grammar built over that tokenizer.
 Token bytes follow the tokenizer's own decoder (:func:`_decoder_style`): byte-level tokenizers
 (GPT-2, Llama 3, SmolLM) map each character of a token back through the GPT-2 byte alphabet;
 SentencePiece-style ones (metaspace) turn ``\\u2581`` into a space and ``<0xNN>`` into byte NN;
