@@ -43,6 +43,20 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def schema_hash(schema: dict[str, Any]) -> str:
+    """The one hash of an output schema in localdistil: SHA-256 of its compact JSON with the
+    key order kept. The order of ``properties`` is the order in which the grammar forces the
+    fields and in which training targets write them, so a reordered field is another schema."""
+    return sha256_hex(json.dumps(schema, separators=(",", ":"), ensure_ascii=False))
+
+
+def fingerprint(signature: str | None, doc: str | None, output_schema: dict[str, Any]) -> str:
+    """What an adapter was trained for: SHA-256 over the rendered signature, the docstring and
+    the output schema's :func:`schema_hash` (so a reordered field changes it too)."""
+    return sha256_hex(canonical_json(
+        {"signature": signature, "doc": doc, "schema_hash": schema_hash(output_schema)}))
+
+
 def jsonable(value: Any) -> Any:
     """Convert an argument value to JSON-compatible data, canonically.
 
@@ -122,8 +136,9 @@ class FunctionSpec:
         output_type: the Pydantic model the function returns.
         output_schema: ``output_type``'s JSON schema.
         parameters: the parameter names recorded for each call (receiver excluded).
-        fingerprint: SHA-256 over signature, docstring and output schema.
-        schema_hash: SHA-256 over the output schema alone.
+        fingerprint: SHA-256 over signature, docstring and output schema (:func:`fingerprint`).
+        schema_hash: SHA-256 over the output schema alone, field order included
+            (:func:`schema_hash`).
     """
 
     name: str
@@ -196,10 +211,6 @@ class FunctionSpec:
         )
         doc = inspect.getdoc(fn) or None
         output_schema = output_type.model_json_schema()
-        schema_hash = sha256_hex(canonical_json(output_schema))
-        fingerprint = sha256_hex(
-            canonical_json({"signature": signature_text, "doc": doc, "output_schema": output_schema})
-        )
         return cls(
             name=prompt_name,
             qualname=f"{fn.__module__}:{getattr(fn, '__qualname__', fn_name)}",
@@ -208,8 +219,8 @@ class FunctionSpec:
             output_type=output_type,
             output_schema=output_schema,
             parameters=tuple(p.name for p in params),
-            fingerprint=fingerprint,
-            schema_hash=schema_hash,
+            fingerprint=fingerprint(signature_text, doc, output_schema),
+            schema_hash=schema_hash(output_schema),
             _signature=signature,
         )
 

@@ -26,11 +26,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from localdistil.errors import AdapterError, AdapterMismatchError
-from localdistil.spec import FunctionSpec, canonical_json, sha256_hex
+from localdistil.spec import FunctionSpec, canonical_json, schema_hash, sha256_hex
 
 MANIFEST_NAME = "localdistil.json"
 ADAPTER_SUBDIR = "adapter"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+"""2: ``schema_hash`` and ``fingerprint`` keep the schema's field order (1 hashed sorted keys)."""
 _PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
@@ -144,26 +145,66 @@ def write_manifest(directory: Path, manifest: Manifest) -> None:
     (directory / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
 
 
-def check_compatible(manifest: Manifest, spec: FunctionSpec, *, path: str | os.PathLike[str] | None = None) -> dict[str, tuple[Any, Any]]:
+def check_compatible(manifest: Manifest, spec: FunctionSpec) -> dict[str, tuple[Any, Any]]:
     """What differs between the function an adapter was trained for and ``spec``.
 
+    Manifests of version 2 and later hold the field-order-aware :func:`~localdistil.spec.schema_hash`
+    and fingerprint. Older ones hashed the schema with sorted keys; for them the schema's hash is
+    taken anew from the ``output_schema`` they store (in its trained order) and the signature and
+    docstring are compared as text.
+
     Returns:
-        ``{field: (trained, now)}`` for the prompt version, the output schema and the
-        fingerprint; empty when they all match.
+        ``{field: (trained, now)}`` for the prompt version, the output schema (``field_order``
+        where only the order of fields changed), the signature, the docstring and the fingerprint;
+        empty when they all match.
+
+    Raises:
+        AdapterMismatchError: an old manifest records no output schema, so the adapter cannot be
+            checked.
     """
     from localdistil.prompts import PROMPT_VERSION
 
     changes: dict[str, tuple[Any, Any]] = {}
     if manifest.prompt_version != PROMPT_VERSION:
         changes["prompt_version"] = (manifest.prompt_version, PROMPT_VERSION)
-    if manifest.schema_hash is not None and manifest.schema_hash != spec.schema_hash:
-        changes["output_schema"] = (manifest.output_schema, spec.output_schema)
-    if manifest.fingerprint is not None and manifest.fingerprint != spec.fingerprint:
+    if manifest.output_schema is not None:
+        trained_hash = schema_hash(manifest.output_schema)
+    elif manifest.version >= 2 and manifest.schema_hash is not None:
+        trained_hash = manifest.schema_hash
+    else:
+        raise AdapterMismatchError(
+            f"The adapter's manifest (version {manifest.version}) records no output schema, so "
+            f"localdistil cannot check that it answers in {spec.output_type.__name__}'s fields "
+            "and order. Train it again with this localdistil: python -m localdistil train "
+            "RECIPE --overwrite.", changes={"output_schema": (None, spec.output_schema)})
+    if trained_hash != spec.schema_hash:
+        order = field_order_changes(manifest.output_schema or {}, spec.output_schema)
+        key = "field_order" if order else "output_schema"
+        changes[key] = order or (manifest.output_schema, spec.output_schema)
+    if manifest.fingerprint is not None:  # None: trained on records of another tool
         if manifest.signature != spec.signature:
             changes["signature"] = (manifest.signature, spec.signature)
         if manifest.doc != spec.doc:
             changes["doc"] = (manifest.doc, spec.doc)
-        changes["fingerprint"] = (manifest.fingerprint, spec.fingerprint)
+        if manifest.version >= 2 and manifest.fingerprint != spec.fingerprint and not changes:
+            changes["fingerprint"] = (manifest.fingerprint, spec.fingerprint)
+    return changes
+
+
+def field_order_changes(trained: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{model: (trained order, order now)}`` when the two schemas differ only in the order of
+    fields (of the top-level model or of a model in ``$defs``); else ``{}``."""
+    if schema_hash(trained) == schema_hash(now) or canonical_json(trained) != canonical_json(now):
+        return {}  # the same, or different in more than order
+    title = now.get("title") or "the return type"
+    changes = {}
+    models = [(title, trained, now)] + [
+        (name, (trained.get("$defs") or {}).get(name, {}), sub)
+        for name, sub in (now.get("$defs") or {}).items()]
+    for name, old, new in models:
+        before, after = list(old.get("properties") or {}), list(new.get("properties") or {})
+        if before != after:
+            changes[name] = (tuple(before), tuple(after))
     return changes
 
 
@@ -173,6 +214,11 @@ def mismatch_error(manifest: Manifest, spec: FunctionSpec, changes: dict[str, tu
     if "prompt_version" in changes:
         trained, now = changes["prompt_version"]
         parts.append(f"it was trained on prompts of version {trained} and this localdistil writes version {now}")
+    if "field_order" in changes:
+        for model, (before, after) in changes["field_order"].items():
+            parts.append(f"the field order of {model} changed from ({', '.join(before)}) to "
+                         f"({', '.join(after)}), and the grammar would force the model into an "
+                         "order it never wrote")
     if "output_schema" in changes:
         parts.append(f"the return type's JSON schema changed ({spec.output_type.__name__})")
     if "signature" in changes:
@@ -187,3 +233,41 @@ def mismatch_error(manifest: Manifest, spec: FunctionSpec, changes: dict[str, tu
         path=path,
         changes=changes,
     )
+
+
+def load_merged(directory: str | os.PathLike[str], *, dtype: Any = None, device_map: Any = None) -> tuple[Any, Any, Manifest]:
+    """``(model, tokenizer, manifest)``: the adapter's base model with the LoRA weights merged
+    in (unmerged adapters decode slower, and merged ones decode exactly as fast as the base),
+    in eval mode. The one place that loads an adapter onto its base.
+
+    Args:
+        directory: an adapter directory or a run's ``output.dir``.
+        dtype: as :func:`~localdistil.models.resolve.load_causal_lm` takes it (None: the
+            checkpoint's own).
+        device_map: passed to transformers (None: the CPU).
+
+    Raises:
+        AdapterError: no complete adapter there, or the base model or tokenizer differ from the
+            ones it was trained with.
+        ModelError: the base model cannot be found or loaded.
+    """
+    from peft import PeftModel
+
+    from localdistil.models.resolve import load_causal_lm, load_tokenizer, model_content_hash, resolve_model
+
+    directory = adapter_dir(directory)
+    manifest = read_manifest(directory)
+    base_path = resolve_model(manifest.base_model)
+    if model_content_hash(base_path) != manifest.base_model_hash:
+        raise AdapterError(
+            f"The base model {manifest.base_model!r} at {base_path} is not the one the adapter at "
+            f"{directory} was trained on (its weights changed). Train the adapter again.",
+            path=directory,
+        )
+    tokenizer = load_tokenizer(directory)
+    if tokenizer_hash(tokenizer) != manifest.tokenizer_hash:
+        raise AdapterError(f"The tokenizer in {directory} differs from the one the adapter was "
+                           "trained with. Train the adapter again.", path=directory)
+    base = load_causal_lm(base_path, dtype=dtype, device_map=device_map)
+    model = PeftModel.from_pretrained(base, str(directory)).merge_and_unload().eval()
+    return model, tokenizer, manifest

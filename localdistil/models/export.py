@@ -26,7 +26,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from localdistil.models.adapter import Manifest, adapter_dir, read_manifest, writing_directory
+from localdistil.models.adapter import Manifest, adapter_dir, load_merged, read_manifest, writing_directory
 from localdistil.errors import AdapterError, LocaldistilError
 
 #: The values vLLM's ``--max-lora-rank`` accepts (``vllm/config/lora.py``, ``MaxLoRARanks``).
@@ -55,26 +55,13 @@ def export_merged(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
         ModelError: the base model cannot be found or loaded.
         LocaldistilError: ``out`` exists and ``overwrite`` is false.
     """
-    from peft import PeftModel
-
-    from localdistil.models.resolve import load_causal_lm, load_tokenizer, model_content_hash, resolve_model
-
     directory = adapter_dir(run_dir)
-    manifest = read_manifest(directory)
     out = Path(out)
     if out.resolve() == directory.resolve() or directory.resolve() in out.resolve().parents:
         raise LocaldistilError(f"export: write the merged model outside the adapter directory {directory}, not to {out}.")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise LocaldistilError(f"export: {out} already exists. Pass --overwrite to replace it, or choose another directory.")
-    base_path = resolve_model(manifest.base_model)
-    if model_content_hash(base_path) != manifest.base_model_hash:
-        raise AdapterError(
-            f"The base model {manifest.base_model!r} at {base_path} is not the one the adapter at {directory} was "
-            "trained on (its weights changed). Train the adapter again.",
-            path=directory,
-        )
-    model = PeftModel.from_pretrained(load_causal_lm(base_path), str(directory)).merge_and_unload()
-    tokenizer = load_tokenizer(directory)
+    model, tokenizer, manifest = load_merged(directory)
     with writing_directory(out) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

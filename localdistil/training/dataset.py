@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 from localdistil.errors import DatasetError
 from localdistil.prompts import encode_completion, encode_prompt, render_completion, render_messages
 from localdistil.records import Record, RecordProblem, read_records
-from localdistil.spec import canonical_json, sha256_hex
+from localdistil.records.foreign import args_problem
+from localdistil.spec import canonical_json, fingerprint, schema_hash
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -61,6 +62,8 @@ class Selection:
     old_schema: int = 0
     duplicates: int = 0
     over_limit: int = 0
+    prompt_only: list[RecordProblem] = dataclasses.field(default_factory=list)
+    """Chosen records whose arguments are unknown (:func:`prompt_only_records`)."""
 
 
 @dataclasses.dataclass
@@ -167,18 +170,43 @@ def select_records(recipe: Recipe) -> Selection:
         eval_records, current = current[:held_out], current[held_out:]
 
     return Selection(
-        function=FunctionInfo(
-            function=newest.function, name=newest.name, signature=newest.signature, doc=newest.doc,
-            output_schema=newest.output_schema, fingerprint=newest.fingerprint,
-            schema_hash=newest.schema_hash or (sha256_hex(canonical_json(newest.output_schema)) if newest.output_schema else None),
-        ),
+        function=_function_info(newest),
         train=current, eval=eval_records, read=read, problems=problems, other_functions=other_functions,
         old_schema=old_schema, duplicates=duplicates, over_limit=over_limit,
+        prompt_only=prompt_only_records(current + eval_records),
+    )
+
+
+def prompt_only_records(records: list[Record]) -> list[RecordProblem]:
+    """The records that train on their recorded prompt because their arguments are unknown
+    (plain OpenAI chat files, instructor calls whose positional strings cannot be read back),
+    each with file, line and why. :func:`render_record` cannot re-render them in
+    ``data.prompt_style``, so they are trained in another wording than the rest; the report
+    says so rather than mixing two prompt styles silently."""
+    problems = []
+    for record in records:
+        problem = args_problem(record)
+        if problem is not None:
+            problems.append(RecordProblem(record.path or "?", record.line or 0, problem))
+    return problems
+
+
+def _function_info(record: Record) -> FunctionInfo:
+    """The identity an adapter trained on ``record``'s function records in its manifest. The
+    hashes are taken anew from the record's schema and signature (records written before the
+    field order was part of the hash carry the older hashes)."""
+    schema = record.output_schema
+    return FunctionInfo(
+        function=record.function, name=record.name, signature=record.signature, doc=record.doc,
+        output_schema=schema,
+        fingerprint=(fingerprint(record.signature, record.doc, schema)
+                     if record.fingerprint is not None and schema is not None else record.fingerprint),
+        schema_hash=schema_hash(schema) if schema is not None else record.schema_hash,
     )
 
 
 def _schema_key(record: Record) -> str:
-    return record.schema_hash or canonical_json(record.output_schema)
+    return schema_hash(record.output_schema) if record.output_schema else str(record.schema_hash)
 
 
 def _dedup(records: list[Record]) -> tuple[list[Record], int]:
@@ -265,6 +293,18 @@ def _summary(values: list[int]) -> dict[str, float]:
     }
 
 
+def _prompt_only_lines(problems: list[RecordProblem], shown: int = 5) -> list[str]:
+    if not problems:
+        return []
+    lines = [f"prompt only     {len(problems)} record(s) keep their recorded prompt, not "
+             "data.prompt_style: their arguments are unknown"]
+    lines += [f"                {problem}" for problem in problems[:shown]]
+    if len(problems) > shown:
+        more = len(problems) - shown
+        lines.append(f"                ... and {more} more (see: localdistil records stats)")
+    return lines
+
+
 def mark_trained_tokens(tokenizer: Any, input_ids: list[int], labels: list[int]) -> str:
     """The example's text with the tokens that carry loss between ``[[`` and ``]]``."""
     start = next(i for i, label in enumerate(labels) if label != -100)
@@ -286,6 +326,7 @@ def format_report(report: DatasetReport) -> str:
     ):
         if count:
             lines.append(f"                {count} {what}")
+    lines.extend(_prompt_only_lines(s.prompt_only))
     lines.append(f"examples        {report.train_examples} train, {report.eval_examples} eval")
     if report.too_long:
         lines.append(f"too long        {report.too_long} example(s) over train.max_length left out, e.g. {report.too_long_example}")
