@@ -92,7 +92,7 @@ def test_reads_instructor_messages_files():
     assert first.prompt[1]["content"] == "Return `fn(540, b=677)`"
 
 
-def test_instructor_positional_strings_without_quotes_keep_the_prompt_only():
+def test_instructor_positional_strings_without_quotes_are_recovered_from_the_annotation():
     line = json.dumps({
         "messages": [
             {"role": "system", "content": "Predict the results of this function:\n\ndef greet(name: str) -> Greeting"},
@@ -101,7 +101,7 @@ def test_instructor_positional_strings_without_quotes_keep_the_prompt_only():
         ]
     })
     record = parse_line(line)
-    assert record.name == "greet" and record.args is None
+    assert record.name == "greet" and record.args == {"name": "Ada Lovelace"}
     assert record.output == {"text": "Hi Ada"}
     assert record.input_key() != parse_line(line.replace("Ada Lovelace", "Alan Turing")).input_key()
 
