@@ -20,7 +20,7 @@ from localdistil.errors import (
     TraceError,
     TraceWarning,
 )
-from localdistil.trace import Instructions
+from localdistil.trace import DispatchedFunction, DistilledFunction, Instructions, ShadowedFunction
 from localdistil.records import Record, RecordSet, read_records
 from localdistil.spec import FunctionSpec
 
@@ -32,6 +32,8 @@ __all__ = [
     "DatasetError",
     "DecorationError",
     "DispatchError",
+    "DispatchedFunction",
+    "DistilledFunction",
     "FunctionSpec",
     "Instructions",
     "LocaldistilError",
@@ -40,6 +42,7 @@ __all__ = [
     "Record",
     "RecordError",
     "RecordSet",
+    "ShadowedFunction",
     "TraceError",
     "TraceWarning",
     "__version__",

@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import threading
 from typing import Literal
 
 import pytest
-from pydantic import BaseModel, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from localdistil import AdapterError, AdapterMismatchError, DecorationError, DispatchError, Instructions
-from localdistil.training.dataset import build_dataset, select_records
-from localdistil.inference.dispatch import load_adapter
+from localdistil import (
+    AdapterError,
+    AdapterMismatchError,
+    DecorationError,
+    DispatchError,
+    Instructions,
+)
+from localdistil.inference.engine import Engine
 from localdistil.models.resolve import load_tokenizer
+from localdistil.training.dataset import build_dataset, select_records
 from localdistil.training.recipe import parse_recipe
 from localdistil.training.train import train
 
@@ -60,28 +67,30 @@ def test_dispatch_returns_valid_objects_without_running_the_body(run_dir):
     answer = fn(7)
     assert isinstance(answer, Verdict) and calls == []
     assert fn.batch([{"n": 1}, (60,), {"n": 61}]) == [fn(1), fn(60), fn(61)]
+    assert fn.batch([]) == []
 
 
 def test_dispatch_prompt_tokens_equal_training_tokens(run_dir, tiny_model_dir):
-    loaded = load_adapter(run_dir)
+    loaded = Engine.for_adapter(run_dir)
     recipe = parse_recipe(loaded.manifest.recipe)
     data = build_dataset(select_records(recipe), load_tokenizer(tiny_model_dir), recipe)
     row = data.train[0]
     prompt_length = row["prompt_length"]
-    assert loaded.prompt_ids(json.loads(row["args"])) == row["input_ids"][:prompt_length]
+    assert loaded.call_prompt(json.loads(row["args"])) == row["input_ids"][:prompt_length]
 
 
 def test_the_adapter_directory_itself_is_accepted_and_loaded_once(run_dir):
-    assert load_adapter(run_dir / "adapter") is load_adapter(run_dir)
+    assert Engine.for_adapter(run_dir / "adapter") is Engine.for_adapter(run_dir)
 
 
 def test_changed_function_raises_adapter_mismatch_saying_what_changed(run_dir):
     def parity(n: int) -> Verdict:
         """A different docstring."""
 
-    with pytest.raises(AdapterMismatchError, match="the docstring changed.*on_mismatch='warn'") as caught:
+    changed = "the docstring changed.*on_mismatch='warn'"
+    with pytest.raises(AdapterMismatchError, match=changed) as caught:
         Instructions().distil(model=str(run_dir), mode="dispatch")(parity)
-    assert set(caught.value.changes) == {"doc", "fingerprint"}
+    assert set(caught.value.changes) == {"doc"}  # the fingerprint change is explained by it
 
     class Other(BaseModel):
         label: str
@@ -89,7 +98,8 @@ def test_changed_function_raises_adapter_mismatch_saying_what_changed(run_dir):
     def parity(n: int) -> Other:  # noqa: F811
         """Say whether n is even and whether it is over 50."""
 
-    with pytest.raises(AdapterMismatchError, match=r"the return type's JSON schema changed \(Other\)"):
+    changed = r"the return type's JSON schema changed \(Other\)"
+    with pytest.raises(AdapterMismatchError, match=changed):
         Instructions().distil(model=str(run_dir), mode="dispatch")(parity)
 
 
@@ -112,6 +122,7 @@ def test_on_mismatch_warn_downgrades_to_a_warning(run_dir):
 
     with pytest.warns(UserWarning, match="docstring changed"):
         fn = Instructions().distil(model=str(run_dir), mode="dispatch", on_mismatch="warn")(parity)
+        fn.warmup()  # loading the model checks the adapter again: it may warn again, never raise
     assert isinstance(fn(4), Verdict)
 
 
@@ -160,7 +171,8 @@ def _as(fn, name, doc=parity.__doc__):
 def test_invalid_answers_raise_retry_or_fall_back(run_dir, tmp_path):
     fn = _as(strict_parity, "parity")
     dispatch = _quiet_dispatch(fn, run_dir, on_invalid="raise")
-    with pytest.raises(DispatchError, match="fails Strict's validation: Value error, must be big") as caught:
+    refused = "fails Strict's validation: big: Value error, must be big"
+    with pytest.raises(DispatchError, match=refused) as caught:
         dispatch(3)
     assert json.loads(caught.value.raw_output)["big"] is False
 
@@ -179,15 +191,64 @@ def test_invalid_answers_raise_retry_or_fall_back(run_dir, tmp_path):
         _quiet_dispatch(_as(impossible, "parity"), run_dir, on_invalid="retry", retries=2)(3)
 
     traces = tmp_path / "fallback.jsonl"
-    fallback = _quiet_dispatch(fn, run_dir, on_invalid="fallback", instructions=Instructions(path=str(traces)))
+    fallback = _quiet_dispatch(fn, run_dir, on_invalid="fallback",
+                               instructions=Instructions(path=str(traces)))
     assert fallback(3) == Strict(label="odd", big=True)
     (record,) = [json.loads(line) for line in traces.read_text().splitlines()]
     assert record["localdistil"]["args"] == {"n": 3}  # the fallback call is a new training example
+    assert fallback.batch([(5,), {"n": 6}]) == [strict_parity(5), strict_parity(6)]
+    assert len(traces.read_text().splitlines()) == 3
 
 
-def _quiet_dispatch(fn, run_dir, instructions=None, **options):
+def _quiet_dispatch(fn, run_dir, instructions=None, mode="dispatch", **options):
+    """``fn`` (another return type than the adapter's) dispatched anyway, warmed up."""
     with pytest.warns(UserWarning, match="JSON schema changed"):
-        return (instructions or Instructions()).distil(model=str(run_dir), mode="dispatch", on_mismatch="warn", **options)(fn)
+        distil = (instructions or Instructions()).distil
+        fn = distil(model=str(run_dir), mode=mode, on_mismatch="warn", **options)(fn)
+        fn.dispatcher.warmup()
+    return fn
+
+
+class Loose(BaseModel):
+    """Verdict with a free-text label, so that the same model answers at different lengths."""
+
+    label: str = Field(max_length=30)
+    big: bool
+
+
+def loose_parity(n: int) -> Loose:
+    """Say whether n is even and whether it is over 50."""
+    return Loose(label="even" if n % 2 == 0 else "odd", big=n > 50)
+
+
+def test_a_batch_returns_every_answer_and_each_failed_calls_error_in_its_place(run_dir):
+    calls = [(n,) for n in range(16)]
+    engine = Engine.for_adapter(run_dir)
+    probe = engine.answer([engine.call_prompt({"n": n}) for (n,) in calls], output_type=Loose,
+                          max_new_tokens=64)
+    lengths = [outcome.completion_tokens for outcome in probe]
+    assert all(outcome.ok for outcome in probe)
+    short, long = lengths.index(min(lengths)), lengths.index(max(lengths))
+    if lengths[long] - lengths[short] < 4:
+        pytest.skip(f"the tiny model answered every call at about one length: {lengths}")
+    budget = (lengths[short] + lengths[long]) // 2  # the long answers cannot finish within it
+
+    fn = _quiet_dispatch(_as(loose_parity, "parity"), run_dir, max_new_tokens=budget)
+    answers = fn.batch(calls)
+    assert len(answers) == len(calls)
+    assert isinstance(answers[short], Loose) and isinstance(answers[long], DispatchError)
+    for answer in answers:
+        if isinstance(answer, DispatchError):
+            assert f"ran out of tokens ({budget})" in str(answer)
+            assert answer.raw_output.startswith('{"label":"') and answer.function == "parity"
+        else:
+            assert isinstance(answer, Loose)
+    first_error = next(a for a in answers if isinstance(a, DispatchError))
+    with pytest.raises(DispatchError, match=r"ran out of tokens") as caught:
+        fn.batch(calls, raise_errors=True)  # the first error, once the whole batch is answered
+    assert caught.value.raw_output == first_error.raw_output
+    with pytest.raises(DispatchError, match=r"ran out of tokens"):
+        fn(*calls[long])  # one call raises, as it always did
 
 
 def test_retry_samples_again_until_valid(run_dir):
@@ -209,7 +270,9 @@ def test_retry_samples_again_until_valid(run_dir):
         """Say whether n is even and whether it is over 50."""
 
     with pytest.warns(UserWarning):
-        fn = Instructions().distil(model=str(run_dir), mode="dispatch", on_mismatch="warn", on_invalid="retry")(parity)
+        fn = Instructions().distil(model=str(run_dir), mode="dispatch", on_mismatch="warn",
+                                   on_invalid="retry")(parity)
+        fn.warmup()
     assert isinstance(fn(4), Flaky) and len(seen) == 2
 
 
@@ -234,7 +297,8 @@ def test_async_dispatch_does_not_block_the_event_loop(run_dir):
         """Say whether n is even and whether it is over 50."""
         raise AssertionError("the body must not run")
 
-    fn = Instructions().distil(model=str(run_dir), mode="dispatch", on_mismatch="warn")(_as(aparity, "parity"))
+    fn = Instructions().distil(model=str(run_dir), mode="dispatch",
+                               on_mismatch="warn")(_as(aparity, "parity"))
     fn.warmup()
 
     async def main():
@@ -276,3 +340,28 @@ def test_shadow_returns_the_functions_result_and_records_agreement(run_dir, tmp_
 def test_shadow_rate_zero_never_asks_the_model(run_dir):
     fn = Instructions().distil(model=str(run_dir), mode="shadow", shadow_rate=0.0)(parity)
     assert fn(3) == parity(3) and fn.shadow_stats.summary()["calls"] == 0
+
+
+def test_shadow_counts_a_model_without_an_answer_as_disagreeing(run_dir, tmp_path):
+    traces = tmp_path / "shadow.jsonl"
+    fn = Instructions(path=str(traces)).distil(model=str(run_dir), mode="shadow",
+                                               max_new_tokens=3)(parity)
+    assert fn(1) == parity(1) and fn(60) == parity(60)  # no warning, no error for the caller
+    assert fn.shadow_stats.summary()["calls"] == 2 and fn.shadow_stats.summary()["exact_match"] == 0
+    for line in traces.read_text().splitlines():
+        shadow = json.loads(line)["localdistil"]["shadow"]
+        assert shadow["model_output"] is None and "ran out of tokens (3)" in shadow["error"]
+        assert shadow["exact"] is False and set(shadow["fields"].values()) == {False}
+
+
+def test_sampling_and_shadow_sampling_leave_the_callers_random_state_alone(run_dir, tmp_path):
+    traces = tmp_path / "shadow.jsonl"
+    instructions = Instructions(path=str(traces), sample_rate=0.5, seed=3)
+    fn = instructions.distil(model=str(run_dir), mode="shadow", shadow_rate=0.5)(parity)
+    random.seed(99)
+    before = random.getstate()
+    for n in range(24):
+        assert fn(n) == parity(n)
+    assert random.getstate() == before
+    assert 0 < fn.shadow_stats.summary()["calls"] < 24
+    assert 0 < len(traces.read_text().splitlines()) < 24

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import multiprocessing
+import random
 import sys
 import threading
 
@@ -14,6 +15,11 @@ import pytest
 from pydantic import BaseModel
 
 from localdistil import Instructions, TraceError, TraceWarning, read_records
+from localdistil.records import RecordBuilder
+from localdistil.spec import FunctionSpec
+from localdistil.trace.modes import Blocking, Body, Mode
+from localdistil.trace.recorder import Recorder
+from localdistil.trace.wrappers import build_wrapper
 
 
 class Multiply(BaseModel):
@@ -96,8 +102,9 @@ def test_a_failing_sink_warns_and_never_breaks_the_caller(trace_path):
     def fn(a: int) -> Multiply:
         return Multiply(a=a, b=1, result=a)
 
-    with pytest.warns(TraceWarning, match="bucket unreachable"):
+    with pytest.warns(TraceWarning, match="bucket unreachable") as caught:
         assert fn(4).result == 4
+    assert caught[0].filename == __file__  # the warning points at the caller's line
     assert len(lines(trace_path)) == 1  # the healthy sink still got the record
 
 
@@ -179,11 +186,7 @@ def test_log_handlers_must_be_handlers():
 
 
 def test_sampling_records_a_fraction_of_calls(trace_path):
-    import random
-
-    random.seed(0)
-
-    @Instructions(path=str(trace_path), sample_rate=0.25).distil
+    @Instructions(path=str(trace_path), sample_rate=0.25, seed=0).distil
     def fn(a: int) -> Multiply:
         return Multiply(a=a, b=1, result=a)
 
@@ -192,6 +195,24 @@ def test_sampling_records_a_fraction_of_calls(trace_path):
     assert 60 < len(lines(trace_path)) < 140
     with pytest.raises(ValueError, match="sample_rate"):
         Instructions(sample_rate=1.5)
+
+
+def test_sampling_leaves_the_callers_random_state_alone_and_a_seed_repeats_it(tmp_path):
+    random.seed(1234)
+    before = random.getstate()
+    recorded = []
+    for run in range(2):
+        path = tmp_path / f"run{run}.jsonl"
+
+        @Instructions(path=str(path), sample_rate=0.5, seed=7).distil
+        def fn(a: int) -> Multiply:
+            return Multiply(a=a, b=1, result=a)
+
+        for i in range(50):
+            fn(i)
+        recorded.append([r["localdistil"]["args"]["a"] for r in lines(path)])
+    assert random.getstate() == before
+    assert recorded[0] == recorded[1] and 0 < len(recorded[0]) < 50
 
 
 def test_redact_changes_or_drops_records(trace_path):
@@ -208,7 +229,8 @@ def test_redact_changes_or_drops_records(trace_path):
     fn(-1)
     fn(2)
     (record,) = lines(trace_path)
-    assert record["localdistil"]["args"] == {"a": 2} and record["localdistil"]["extra"] == {"redacted": True}
+    block = record["localdistil"]
+    assert block["args"] == {"a": 2} and block["extra"] == {"redacted": True}
 
 
 def test_extra_metadata_and_instructions_id_are_in_every_record(trace_path):
@@ -236,6 +258,59 @@ def test_async_functions_are_traced_without_blocking(trace_path):
     assert [r.result for r in results] == [i * 2 for i in range(10)]
     assert sorted(r["localdistil"]["args"]["a"] for r in lines(trace_path)) == list(range(10))
     assert asyncio.iscoroutinefunction(fn)
+
+
+class Probe(Mode):
+    """Runs the body, then some model work; a ValueError from the body is caught here."""
+
+    def call(self, args, kwargs):
+        try:
+            result = yield Body(args, kwargs)
+        except ValueError:
+            return "handled by the mode"
+        worker = yield Blocking(threading.get_ident)
+        return result, worker
+
+    def entry_points(self):
+        return {"twice": lambda *calls: self._twice(calls)}
+
+    def _twice(self, calls):
+        results = []
+        for args in calls:
+            results.append((yield from self.call(args, {})))
+        return results
+
+
+def _probe(fn):
+    spec = FunctionSpec.from_function(fn)
+    return build_wrapper(fn, Probe(Recorder(Instructions(), RecordBuilder(spec))))
+
+
+def test_one_mode_makes_the_sync_and_the_async_function():
+    def sync(a: int) -> Multiply:
+        if a < 0:
+            raise ValueError(a)
+        return Multiply(a=a, b=1, result=a)
+
+    async def run_async(a: int) -> Multiply:
+        await asyncio.sleep(0)
+        return sync(a)
+
+    wrapped = _probe(sync)
+    assert wrapped(2) == (Multiply(a=2, b=1, result=2), threading.get_ident())
+    assert wrapped(-1) == "handled by the mode"
+    assert [r[0].a for r in wrapped.twice((1,), (2,))] == [1, 2]
+    assert wrapped.spec.name == "sync" and not asyncio.iscoroutinefunction(wrapped)
+
+    awrapped = _probe(run_async)
+    assert asyncio.iscoroutinefunction(awrapped) and asyncio.iscoroutinefunction(awrapped.twice)
+
+    async def main():
+        return await awrapped(3), await awrapped(-1), threading.get_ident()
+
+    (result, worker), handled, loop_thread = asyncio.run(main())
+    assert result.a == 3 and handled == "handled by the mode"
+    assert worker != loop_thread  # model work ran in a thread, off the event loop
 
 
 def test_methods_and_classmethods(trace_path):
@@ -316,7 +391,8 @@ def test_four_processes_times_four_threads_into_one_file(trace_path, start_metho
     if start_method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"{start_method} is not available on {sys.platform}")
     context = multiprocessing.get_context(start_method)
-    processes = [context.Process(target=_trace_in_process, args=(str(trace_path), w)) for w in range(4)]
+    processes = [context.Process(target=_trace_in_process, args=(str(trace_path), w))
+                 for w in range(4)]
     for p in processes:
         p.start()
     for p in processes:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from task import extract_order, inputs
+from task import Order, extract_order, inputs
 
-from localdistil import Instructions
+from localdistil import DispatchError, Instructions
 
 
 def main() -> None:
@@ -23,21 +23,25 @@ def main() -> None:
     calls = inputs(args.n, seed=12345)  # not the seed the training calls came from
     distilled.warmup()
     start = time.perf_counter()
-    answers = distilled.batch(calls)
+    answers = distilled.batch(calls)  # a call with no answer comes back as its DispatchError
     seconds = time.perf_counter() - start
 
     exact = 0
-    fields = list(type(answers[0]).model_fields) if answers else []
+    fields = list(Order.model_fields)
     for call, answer in zip(calls, answers):
         truth = extract_order(**call)
         exact += answer == truth
         print("\n" + call["message"])
+        if isinstance(answer, DispatchError):
+            print(f"  no answer: {answer}")
+            continue
         print(f"  {'field':<14} {'function':<44} {'model':<44}")
         for field in fields:
             want, got = _show(getattr(truth, field)), _show(getattr(answer, field))
             print(f"  {field:<14} {want:<44} {got:<44}{'' if want == got else '  <- differs'}")
-    print(f"\n{exact}/{len(calls)} exact; every answer is a valid Order; "
-          f"{len(calls)} calls in one batch took {seconds:.1f} s")
+    failed = sum(isinstance(answer, DispatchError) for answer in answers)
+    valid = f"{failed} without an answer" if failed else "every answer is a valid Order"
+    print(f"\n{exact}/{len(calls)} exact; {valid}; {len(calls)} calls in one batch took {seconds:.1f} s")
 
 
 def _show(value: object) -> str:

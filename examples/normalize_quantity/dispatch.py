@@ -10,7 +10,7 @@ import time
 
 from task import inputs, normalize_quantity
 
-from localdistil import Instructions
+from localdistil import DispatchError, Instructions
 
 
 def main() -> None:
@@ -24,19 +24,23 @@ def main() -> None:
     calls = inputs(args.n, seed=12345)  # not the seed the training calls came from
     distilled.warmup()
     start = time.perf_counter()
-    answers = distilled.batch(calls)
+    answers = distilled.batch(calls)  # a call with no answer comes back as its DispatchError
     seconds = time.perf_counter() - start
 
     print(f"{'text':<36} {'function':>14} {'model':>14}")
     exact = 0
     for call, answer in zip(calls, answers):
         truth = normalize_quantity(**call)
+        if isinstance(answer, DispatchError):
+            print(f"{call['text']!r:<36} {truth.value:>9g} {truth.unit.value:<4}  no answer: {answer}")
+            continue
         exact += answer == truth
         mark = "" if answer == truth else "  <- differs"
         print(f"{call['text']!r:<36} {truth.value:>9g} {truth.unit.value:<4} "
               f"{answer.value:>9g} {answer.unit.value:<4}{mark}")
-    print(f"{exact}/{len(calls)} exact; every answer is a valid Quantity; "
-          f"{len(calls)} calls in one batch took {seconds:.1f} s")
+    failed = sum(isinstance(answer, DispatchError) for answer in answers)
+    valid = f"{failed} without an answer" if failed else "every answer is a valid Quantity"
+    print(f"{exact}/{len(calls)} exact; {valid}; {len(calls)} calls in one batch took {seconds:.1f} s")
 
 
 if __name__ == "__main__":

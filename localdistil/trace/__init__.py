@@ -1,8 +1,10 @@
-"""Tracing: the ``Instructions`` object, its ``distil`` decorator and the sinks records go to.
+"""Tracing: the ``Instructions`` object, its ``distil`` decorator, its modes and the sinks
+records go to.
 
 Light on purpose: tracing runs inside production code and imports nothing heavy.
 """
 
 from localdistil.trace.instructions import Instructions
+from localdistil.trace.wrappers import DispatchedFunction, DistilledFunction, ShadowedFunction
 
-__all__ = ["Instructions"]
+__all__ = ["DispatchedFunction", "DistilledFunction", "Instructions", "ShadowedFunction"]

@@ -14,48 +14,67 @@ those of the undecorated function, a call that raises writes no record, and a si
 that fails is reported as a :class:`~localdistil.errors.TraceWarning` (or raised as
 :class:`~localdistil.errors.TraceError` with ``strict=True``). Tracing imports nothing heavy:
 it runs inside production code.
+
+What a decorated function does lives in :mod:`localdistil.trace.modes` (one small class per
+mode); :mod:`localdistil.trace.wrappers` turns a mode into the sync or async function;
+:mod:`localdistil.trace.recorder` writes the records.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import inspect
-import json
 import logging
-import random
+import os
 import textwrap
-import time
 import uuid
-import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypedDict, TypeVar, overload
 
-from localdistil.errors import DecorationError, TraceError, TraceWarning
+from localdistil.errors import DecorationError
 from localdistil.records import FINETUNE_FORMATS, RecordBuilder
-from localdistil.trace.sinks import HandlerSink, JsonlSink
 from localdistil.spec import FunctionSpec
+from localdistil.trace.modes import DispatchMode, Mode, ShadowMode, TraceMode
+from localdistil.trace.recorder import Recorder, Sampler
+from localdistil.trace.sinks import HandlerSink, JsonlSink
+from localdistil.trace.wrappers import (
+    DispatchedFunction,
+    DistilledFunction,
+    ShadowedFunction,
+    build_wrapper,
+)
 
 if TYPE_CHECKING:
-    from localdistil.inference.dispatch import Dispatcher
+    from typing_extensions import Unpack
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: Modes the decorator accepts: run and record, answer from the model, or both and compare.
 MODES: tuple[str, ...] = ("distil", "dispatch", "shadow")
 
 Redactor = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
-_log = logging.getLogger("localdistil")
+
+class DistilOptions(TypedDict, total=False):
+    """The keyword options of :meth:`Instructions.distil` besides ``mode``."""
+
+    name: str | None
+    finetune_format: Any
+    fine_tune_format: Any
+    model: str | os.PathLike[str] | None
+    on_mismatch: Literal["raise", "warn"]
+    on_invalid: Literal["raise", "retry", "fallback"]
+    retries: int
+    max_new_tokens: int | None
+    shadow_rate: float
 
 
 def _format_name(value: Any, where: str) -> str:
     """Accept "messages", instructor's ``FinetuneFormat.MESSAGES`` or anything with a str value."""
     text = getattr(value, "value", value)
     if text not in FINETUNE_FORMATS:
-        raise DecorationError(
-            f"Unknown {where} {value!r}; choose one of {', '.join(repr(f) for f in FINETUNE_FORMATS)}."
-        )
+        choices = ", ".join(repr(f) for f in FINETUNE_FORMATS)
+        raise DecorationError(f"Unknown {where} {value!r}; choose one of {choices}.")
     return text
 
 
@@ -65,10 +84,11 @@ def _source_of(fn: Callable[..., Any]) -> str:
         lines = textwrap.dedent(inspect.getsource(fn)).splitlines()
     except (OSError, TypeError) as exc:
         raise DecorationError(
-            f"include_code_body=True needs the source of {fn.__qualname__}, which is not available "
-            f"({exc}). Define the function in a file, or leave include_code_body off."
+            f"include_code_body=True needs the source of {fn.__qualname__}, which is not "
+            f"available ({exc}). Define the function in a file, or leave include_code_body off."
         ) from exc
-    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith(("def ", "async def ")))
+    start = next(i for i, line in enumerate(lines)
+                 if line.lstrip().startswith(("def ", "async def ")))
     return "\n".join(lines[start:])
 
 
@@ -90,6 +110,10 @@ class Instructions:
         path: a JSONL file to append records to; safe with many threads and processes.
         extra: metadata merged into every record's ``localdistil`` block as ``extra``.
         sample_rate: the fraction of calls recorded, in [0, 1].
+        seed: seeds the sampling decisions (``sample_rate``, and ``shadow_rate`` of the
+            functions decorated here), to make them repeatable. They come from this object's
+            own random generator, never from the ``random`` module's global one, whose state
+            tracing leaves untouched either way.
         redact: a function that receives each record (a dict) before it is written and returns
             it, changed or not, or ``None`` to drop it (e.g. to remove personal data).
         strict: raise :class:`TraceError` when a record cannot be built or written, instead of
@@ -105,9 +129,10 @@ class Instructions:
         indent: int | None = None,
         include_code_body: bool = False,
         *,
-        path: str | None = None,
+        path: str | os.PathLike[str] | None = None,
         extra: Mapping[str, Any] | None = None,
         sample_rate: float = 1.0,
+        seed: int | None = None,
         redact: Redactor | None = None,
         strict: bool = False,
     ):
@@ -119,6 +144,7 @@ class Instructions:
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be between 0 and 1; got {sample_rate!r}.")
         self.sample_rate = sample_rate
+        self.sampler = Sampler(seed)
         self.extra = dict(extra or {})
         self.redact = redact
         self.strict = strict
@@ -129,33 +155,32 @@ class Instructions:
             self.sinks.append(HandlerSink(self.name, log_handlers))
 
     @overload
-    def distil(self, fn: F, /) -> F: ...
+    def distil(self, fn: Callable[P, R], /) -> DistilledFunction[P, R]: ...
 
     @overload
-    def distil(
-        self,
-        fn: None = None,
-        /,
-        *,
-        name: str | None = None,
-        mode: str = "distil",
-        finetune_format: Any = None,
-        fine_tune_format: Any = None,
-        model: str | None = None,
-        on_mismatch: str = "raise",
-        on_invalid: str = "raise",
-        retries: int = 2,
-        max_new_tokens: int | None = None,
-        shadow_rate: float = 1.0,
-    ) -> Callable[[F], F]: ...
+    def distil(self, fn: None = None, /, *, mode: Literal["distil"] = "distil",
+               **options: Unpack[DistilOptions]
+               ) -> Callable[[Callable[P, R]], DistilledFunction[P, R]]: ...
 
-    def distil(self, fn=None, /, *, name=None, mode="distil", finetune_format=None, fine_tune_format=None,
-               model=None, on_mismatch="raise", on_invalid="raise", retries=2, max_new_tokens=None,
-               shadow_rate=1.0):
+    @overload
+    def distil(self, fn: None = None, /, *, mode: Literal["dispatch"],
+               **options: Unpack[DistilOptions]
+               ) -> Callable[[Callable[P, R]], DispatchedFunction[P, R]]: ...
+
+    @overload
+    def distil(self, fn: None = None, /, *, mode: Literal["shadow"],
+               **options: Unpack[DistilOptions]
+               ) -> Callable[[Callable[P, R]], ShadowedFunction[P, R]]: ...
+
+    def distil(self, fn=None, /, *, name=None, mode="distil", finetune_format=None,
+               fine_tune_format=None, model=None, on_mismatch="raise", on_invalid="raise",
+               retries=2, max_new_tokens=None, shadow_rate=1.0):
         """Decorate a function whose return annotation is a Pydantic model.
 
         Use it bare (``@instructions.distil``) or with options
-        (``@instructions.distil(model="runs/fn", mode="dispatch")``).
+        (``@instructions.distil(model="runs/fn", mode="dispatch")``). Sync and async functions,
+        methods and classmethods all work; an async function stays one, and never blocks the
+        event loop while the model works (that runs in ``asyncio.to_thread``).
 
         Args:
             name: the name used in prompts and records; defaults to the function's name.
@@ -175,10 +200,18 @@ class Instructions:
             max_new_tokens: the token budget of one answer (default: from the training answers).
             shadow_rate: the fraction of calls the model also answers in ``shadow`` mode.
 
-        The decorated function gets ``.spec`` (a :class:`FunctionSpec`); in dispatch mode also
-        ``.batch(calls)`` (answer many calls in one batch; each call a dict of keyword
-        arguments or a tuple of positional ones) and ``.warmup()`` (load the model now); in
-        shadow mode ``.shadow_stats``.
+        The decorated function (see :class:`DistilledFunction`) gets ``.spec`` (a
+        :class:`FunctionSpec`). In dispatch mode (:class:`DispatchedFunction`) also
+        ``.warmup()`` (load the model now), ``.dispatcher`` and ``.batch(calls)``: many calls
+        answered in one generation batch, each call a dict of keyword arguments or a tuple of
+        positional ones. A single call raises ``DispatchError`` when the model has no valid
+        answer (it ran out of tokens, or failed validation with ``on_invalid="raise"`` or after
+        its retries); a batch does not fail as a whole: it returns one item per call, in order,
+        the answer or that call's ``DispatchError`` instance (as
+        ``asyncio.gather(return_exceptions=True)`` does), and ``.batch(calls,
+        raise_errors=True)`` raises the first ``DispatchError`` once the whole batch has been
+        answered. In shadow mode (:class:`ShadowedFunction`) ``.shadow_stats`` and
+        ``.dispatcher``; a model without a valid answer counts as a disagreement there.
 
         Raises:
             DecorationError: no return annotation, a return type that is not a Pydantic model,
@@ -187,17 +220,21 @@ class Instructions:
                 version of the function (the manifest is read now; the model loads on first use).
         """
         if mode not in MODES:
-            raise DecorationError(f"Unknown mode {mode!r}; choose one of {', '.join(repr(m) for m in MODES)}.")
+            choices = ", ".join(repr(m) for m in MODES)
+            raise DecorationError(f"Unknown mode {mode!r}; choose one of {choices}.")
         if mode != "distil" and model is None:
-            raise DecorationError(f"mode={mode!r} needs model=: the output.dir of a training run (e.g. model=\"runs/fn\").")
+            raise DecorationError(f"mode={mode!r} needs model=: the output.dir of a training run "
+                                  "(e.g. model=\"runs/fn\").")
         if finetune_format is not None and fine_tune_format is not None:
             raise DecorationError("Pass finetune_format or fine_tune_format, not both.")
         if not 0.0 <= shadow_rate <= 1.0:
             raise DecorationError(f"shadow_rate must be between 0 and 1; got {shadow_rate!r}.")
         chosen = finetune_format if finetune_format is not None else fine_tune_format
         fmt = self.finetune_format if chosen is None else _format_name(chosen, "finetune_format")
+        dispatch_options = {"on_mismatch": on_mismatch, "on_invalid": on_invalid,
+                            "retries": retries, "max_new_tokens": max_new_tokens}
 
-        def decorate(func: F) -> F:
+        def decorate(func: Callable[..., Any]) -> Any:
             spec = FunctionSpec.from_function(func, name=name)
             builder = RecordBuilder(
                 spec,
@@ -207,192 +244,26 @@ class Instructions:
                 extra=self.extra,
                 instructions_id=self.id,
             )
-            if mode == "distil":
-                return self._traced(func, builder)
-            from localdistil.inference.dispatch import Dispatcher
-
-            try:
-                dispatcher = Dispatcher(spec, model, on_mismatch=on_mismatch, on_invalid=on_invalid,
-                                        retries=retries, max_new_tokens=max_new_tokens)
-            except ValueError as exc:
-                raise DecorationError(str(exc)) from exc
-            if mode == "dispatch":
-                return self._dispatching(func, builder, dispatcher)
-            return self._shadowing(func, builder, dispatcher, shadow_rate)
+            recorder = Recorder(self, builder)
+            return build_wrapper(func, self._mode(mode, recorder, model, dispatch_options,
+                                                  shadow_rate))
 
         return decorate if fn is None else decorate(fn)
 
-    # -- tracing --------------------------------------------------------------------------------
+    @staticmethod
+    def _mode(mode: str, recorder: Recorder, model: Any, dispatch_options: dict[str, Any],
+              shadow_rate: float) -> Mode:
+        if mode == "distil":
+            return TraceMode(recorder)
+        from localdistil.inference.dispatch import Dispatcher
 
-    def _traced(self, fn: F, builder: RecordBuilder) -> F:
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def traced_async(*args: Any, **kwargs: Any) -> Any:
-                bound = self._bind(builder, args, kwargs)
-                start = time.perf_counter()
-                result = await fn(*args, **kwargs)
-                self._record(builder, bound, result, time.perf_counter() - start)
-                return result
-
-            wrapper: Any = traced_async
-        else:
-
-            @functools.wraps(fn)
-            def traced(*args: Any, **kwargs: Any) -> Any:
-                bound = self._bind(builder, args, kwargs)
-                start = time.perf_counter()
-                result = fn(*args, **kwargs)
-                self._record(builder, bound, result, time.perf_counter() - start)
-                return result
-
-            wrapper = traced
-        wrapper.spec = builder.spec
-        return wrapper
-
-    def _dispatching(self, fn: F, builder: RecordBuilder, dispatcher: Dispatcher) -> F:
-        """Skip the body; the model answers. A fallback runs the traced function instead."""
-        spec = builder.spec
-        traced = self._traced(fn, builder)
-
-        def pairs_of(calls: Sequence[Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
-            """Batch items: a mapping of keyword arguments or a sequence of positional ones."""
-            return [((), dict(c)) if isinstance(c, Mapping) else (tuple(c), {}) for c in calls]
-
-        def model_answers(pairs: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
-            return dispatcher.answer_many([spec.bind(args, kwargs) for args, kwargs in pairs])
-
-        if inspect.iscoroutinefunction(fn):
-
-            async def answer(pairs: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
-                answers = await asyncio.to_thread(model_answers, pairs)
-                return [a if a is not None else await traced(*args, **kwargs) for a, (args, kwargs) in zip(answers, pairs)]
-
-            @functools.wraps(fn)
-            async def dispatch_async(*args: Any, **kwargs: Any) -> Any:
-                return (await answer([(args, kwargs)]))[0]
-
-            async def abatch(calls: Sequence[Any]) -> list[Any]:
-                return await answer(pairs_of(calls))
-
-            wrapper: Any = dispatch_async
-            wrapper.batch = abatch
-        else:
-
-            def answer_sync(pairs: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
-                answers = model_answers(pairs)
-                return [a if a is not None else traced(*args, **kwargs) for a, (args, kwargs) in zip(answers, pairs)]
-
-            @functools.wraps(fn)
-            def dispatch(*args: Any, **kwargs: Any) -> Any:
-                return answer_sync([(args, kwargs)])[0]
-
-            def batch(calls: Sequence[Any]) -> list[Any]:
-                return answer_sync(pairs_of(calls))
-
-            wrapper = dispatch
-            wrapper.batch = batch
-        wrapper.spec = spec
-        wrapper.warmup = dispatcher.warmup
-        wrapper.dispatcher = dispatcher
-        return wrapper
-
-    def _shadowing(self, fn: F, builder: RecordBuilder, dispatcher: Dispatcher, rate: float) -> F:
-        """Run the function and return its result; the model answers too and the agreement is
-        counted (``.shadow_stats``) and written into the call's record as ``shadow``."""
-        from localdistil.training.evaluate import Agreement, compare_outputs
-
-        spec = builder.spec
-        agreement = Agreement()
-
-        def compare(bound: Any, result: Any) -> dict[str, Any] | None:
-            if isinstance(bound, Exception) or (rate < 1.0 and random.random() >= rate):
-                return None
-            try:
-                expected = spec.dump_output(result)
-                answer = dispatcher.answer(bound)
-                got = None if answer is None else answer.model_dump(mode="json", by_alias=True)
-            except Exception as exc:  # the model's side never breaks the caller
-                self._report(f"localdistil shadow: the model could not answer {spec.name}: {exc}", exc)
-                return None
-            comparison = compare_outputs(expected, got)
-            agreement.add(comparison)
-            return {"shadow": {"model_output": got, "exact": comparison.exact, "fields": comparison.fields}}
-
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def shadow_async(*args: Any, **kwargs: Any) -> Any:
-                bound = self._bind(builder, args, kwargs, sample=False)
-                start = time.perf_counter()
-                result = await fn(*args, **kwargs)
-                duration = time.perf_counter() - start
-                annotations = await asyncio.to_thread(compare, bound, result)
-                self._record(builder, bound if self._sampled() else None, result, duration, annotations)
-                return result
-
-            wrapper: Any = shadow_async
-        else:
-
-            @functools.wraps(fn)
-            def shadow(*args: Any, **kwargs: Any) -> Any:
-                bound = self._bind(builder, args, kwargs, sample=False)
-                start = time.perf_counter()
-                result = fn(*args, **kwargs)
-                duration = time.perf_counter() - start
-                annotations = compare(bound, result)
-                self._record(builder, bound if self._sampled() else None, result, duration, annotations)
-                return result
-
-            wrapper = shadow
-        wrapper.spec = spec
-        wrapper.shadow_stats = agreement
-        wrapper.dispatcher = dispatcher
-        return wrapper
-
-    def _sampled(self) -> bool:
-        return self.sample_rate >= 1.0 or random.random() < self.sample_rate
-
-    def _bind(self, builder: RecordBuilder, args: tuple[Any, ...], kwargs: dict[str, Any], *, sample: bool = True) -> Any:
-        """Bind before the call (the body may mutate its arguments); ``None`` = not sampled."""
-        if sample and not self._sampled():
-            return None
         try:
-            return builder.spec.bind(args, kwargs)
-        except Exception as exc:  # reported after the call, and only if the call succeeds
-            return exc
-
-    def _record(self, builder: RecordBuilder, bound: Any, result: Any, duration_s: float,
-                annotations: Mapping[str, Any] | None = None) -> None:
-        if bound is None or not self.sinks:
-            return
-        spec = builder.spec
-        try:
-            if isinstance(bound, Exception):
-                raise bound
-            record: dict[str, Any] | None = builder.build(bound, spec.dump_output(result), duration_s=duration_s,
-                                                          annotations=annotations)
-            if self.redact is not None:
-                record = self.redact(record)
-                if record is None:
-                    return
-            line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
-        except Exception as exc:
-            self._report(f"localdistil could not record a call of {spec.name}: {exc}", exc)
-            return
-        for sink in self.sinks:
-            try:
-                sink.write(line)
-            except Exception as exc:
-                self._report(f"localdistil could not write a record of {spec.name} to {sink!r}: {exc}", exc)
-
-    def _report(self, message: str, exc: BaseException) -> None:
-        if self.strict:
-            raise TraceError(message) from exc
-        try:
-            warnings.warn(message, TraceWarning, stacklevel=4)
-        except Exception:  # warnings turned into errors must not break the caller either
-            _log.warning(message)
+            dispatcher = Dispatcher(recorder.spec, model, **dispatch_options)
+        except ValueError as exc:
+            raise DecorationError(str(exc)) from exc
+        if mode == "dispatch":
+            return DispatchMode(recorder, dispatcher)
+        return ShadowMode(recorder, dispatcher, shadow_rate)
 
     def close(self) -> None:
         """Close the JSONL file and flush the log handlers."""
@@ -400,4 +271,5 @@ class Instructions:
             sink.close()
 
     def __repr__(self) -> str:
-        return f"Instructions(name={self.name!r}, finetune_format={self.finetune_format!r}, sinks={self.sinks!r})"
+        return (f"Instructions(name={self.name!r}, finetune_format={self.finetune_format!r}, "
+                f"sinks={self.sinks!r})")

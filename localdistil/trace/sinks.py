@@ -39,7 +39,8 @@ class JsonlSink:
         if self._fd is None or self._pid != pid:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # After fork, the inherited descriptor shares its flock with the parent: open anew.
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            self._fd = os.open(self.path, flags, 0o644)
             self._pid = pid
         return self._fd
 
@@ -88,7 +89,8 @@ class HandlerSink:
         """Hand ``line`` to every handler, whatever the application's log level."""
         # logger.handle skips isEnabledFor, so logging.disable() and levels elsewhere do not
         # silently drop training data; the handlers' own levels and filters still apply.
-        record = self.logger.makeRecord(self.logger.name, logging.INFO, "localdistil", 0, line, None, None)
+        record = self.logger.makeRecord(self.logger.name, logging.INFO, "localdistil", 0, line,
+                                        (), None)
         self.logger.handle(record)
 
     def close(self) -> None:
