@@ -78,9 +78,10 @@ def main() -> None:
     import torch
 
     from localdistil import Instructions
-    from localdistil.inference.dispatch import load_adapter
-    from localdistil.inference.generate import PromptPrefix, generate_json
+    from localdistil.inference.engine import Engine
+    from localdistil.inference.generate import generate_json
     from localdistil.inference.grammar import JsonGrammar
+    from localdistil.inference.prefix import PromptPrefix
     from localdistil.prompts import encode_prompt
 
     torch.manual_seed(0)
@@ -88,7 +89,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.adapter) if args.adapter else train_adapter(Path(tmp))
         fn = Instructions().distil(model=str(run), mode="dispatch")(multiply)
-        loaded = load_adapter(run)
+        loaded = Engine.for_adapter(run)
         model, tokenizer = loaded.model, loaded.tokenizer
         calls = inputs(args.calls, seed=11)
         schema = Multiply.model_json_schema()
@@ -102,12 +103,12 @@ def main() -> None:
         # -- prompt tokens --------------------------------------------------------------------
         spec = fn.spec
         bound = [spec.bind((), c) for c in calls]
-        compact = [len(loaded.prompt_ids(b)) for b in bound]
+        compact = [len(loaded.call_prompt(b)) for b in bound]
         instructor_prompts = instructor_messages(spec, bound)
         full = [len(encode_prompt(tokenizer, m)) for m in instructor_prompts]
 
         # -- constrained vs unconstrained, batch 1 ---------------------------------------------
-        prompt = loaded.prompt_ids(bound[0])
+        prompt = loaded.call_prompt(bound[0])
         results = generate_json(model, tokenizer, grammar, [prompt], max_new_tokens=64)
         n_tokens = results[0].token_count
         ids = torch.tensor([prompt])
@@ -118,7 +119,7 @@ def main() -> None:
                                min_new_tokens=n_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
 
         prefix = PromptPrefix()
-        generate_json(model, tokenizer, grammar, [loaded.prompt_ids(b) for b in bound[:2]], max_new_tokens=64,
+        generate_json(model, tokenizer, grammar, [loaded.call_prompt(b) for b in bound[:2]], max_new_tokens=64,
                       prefix=prefix)  # learns the prefix the prompts share
 
         def constrained(**options):
@@ -142,7 +143,7 @@ def main() -> None:
             extract = Instructions().distil(model=args.extract_run, mode="dispatch")(order_task.extract_order)
             order_calls = order_task.inputs(args.calls + 1, seed=11)
             extract(**order_calls[-1])  # warm
-            extraction = versus_outlines(extract, order_calls[:-1], load_adapter(args.extract_run))
+            extraction = versus_outlines(extract, order_calls[:-1], Engine.for_adapter(args.extract_run))
 
         # -- batch 8 vs batch 1 ------------------------------------------------------------------
         eight = inputs(8, seed=5)
@@ -190,7 +191,7 @@ def versus_outlines(fn, calls: list[dict], loaded) -> tuple[float, dict, dict]:
     dispatch_s = statistics.median(timed(lambda: [fn(**c) for c in calls], 1)) / len(calls)
     messages = instructor_messages(fn.spec, [fn.spec.bind((), c) for c in calls])
     texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
-    budget = loaded.budget()
+    budget = loaded.default_budget
     outlines_model = outlines.from_transformers(model, tokenizer)
     setups, latency = {}, {}
     for backend in ("outlines_core", "xgrammar", "llguidance"):

@@ -28,7 +28,13 @@ import time
 from pydantic import BaseModel, Field
 
 from localdistil.inference.generate import _choose, generate_json
-from localdistil.inference.grammar import BACKENDS, DEFAULT_BACKEND, JsonGrammar, canonical_regex
+from localdistil.inference.grammar import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    ENGINES,
+    JsonGrammar,
+    canonical_regex,
+)
 from localdistil.inference.tokens import TokenTable
 
 
@@ -105,7 +111,7 @@ def localdistil_backend(tokenizer, replays, backend: str) -> dict:
     fresh = type(tokenizer).from_pretrained(tokenizer.name_or_path)  # nothing cached for it yet
     out["first_grammar_s"], _ = timed(JsonGrammar.for_schema, Multiply.model_json_schema(), fresh, backend=backend)
     seconds, table = timed(TokenTable, fresh)
-    out["table_s"] = seconds + timed(table.view, backend)[0]  # the tokenizer's part of the first grammar
+    out["table_s"] = seconds + timed(ENGINES[backend].vocabulary, table)[0]  # the tokenizer's part
     for name, model_type in (("Multiply", Multiply), ("Person", Person), ("Heavy", Heavy)):  # the schema's part
         out[f"grammar_{name}_s"], _ = timed(JsonGrammar, model_type.model_json_schema(), table, backend)
     grammar = JsonGrammar.for_schema(Person.model_json_schema(), tokenizer, backend=backend)
@@ -205,8 +211,8 @@ def plain_greedy(model, prompt: list[int], steps: int) -> list[int]:
     with torch.inference_mode():
         for _ in range(steps):
             out = model(input_ids=ids, attention_mask=attention, position_ids=positions,
-                        past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache = out.past_key_values
+                        cache=cache, use_cache=True, logits_to_keep=1)
+            cache = out.cache
             token = int(out.logits[:, -1, :].float().argmax(dim=-1))
             out_ids.append(token)
             ids = torch.tensor([[token]])

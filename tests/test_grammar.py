@@ -18,11 +18,11 @@ from enum import Enum
 from typing import Literal
 
 import pytest
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from tiny_model import CHAT_TEMPLATE
 
 from localdistil.errors import DispatchError
-from localdistil.inference.generate import GenerationResult, PromptPrefix, generate_json, max_tokens_for
+from localdistil.inference.generate import GenerationResult, budget_for, generate_json
 from localdistil.inference.grammar import (
     BACKENDS,
     INTEGER,
@@ -32,6 +32,7 @@ from localdistil.inference.grammar import (
     canonical_regex,
     canonical_schema,
 )
+from localdistil.inference.prefix import PromptPrefix
 
 
 class Colour(str, Enum):
@@ -113,13 +114,15 @@ def byte_tiny():
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    vocab = {token: i for i, token in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: i for i, token in enumerate(specials + alphabet)}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>",
                                         eos_token="<|im_end|>", pad_token="<|im_end|>",
-                                        unk_token="<|endoftext|>", additional_special_tokens=specials,
+                                        unk_token="<|endoftext|>",
+                                        additional_special_tokens=specials,
                                         chat_template=CHAT_TEMPLATE)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -156,8 +159,9 @@ def _prompts(tokenizer, count: int) -> list[list[int]]:
     prompts = []
     for number in range(count):
         messages = [{"role": "user", "content": f"Return fn(a={number * 37}, b={'x' * number})"}]
-        prompts.append(list(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                          tokenize=True, return_dict=True)["input_ids"]))
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                tokenize=True, return_dict=True)
+        prompts.append(list(encoded["input_ids"]))
     return prompts
 
 
@@ -195,18 +199,20 @@ def _assert_canonical(result: GenerationResult, model_type: type[BaseModel]) -> 
     assert result.finished, result.text
     parsed = model_type.model_validate_json(result.text)
     dumped = parsed.model_dump_json()
-    assert dumped == result.text or _long_floats_by_value(dumped) == _long_floats_by_value(result.text)
+    assert (dumped == result.text
+            or _long_floats_by_value(dumped) == _long_floats_by_value(result.text))
 
 
 # --- the canonical grammar pieces -------------------------------------------------------------
 
-CANONICAL_FLOATS = ["0.0", "-0.0", "1.0", "1.5", "-2.25", "0.00001", "0.000123", "123456789012345.0",
-                    "12345678901234.5", "1000000000000000.0", "1e-6", "9.9e-6", "-1.5e-7", "1e+16",
-                    "2.5e+100", "1.7e+307", "3.14159265358979", "0.30000000000000004", "2.3333333333333335",
-                    "1234567890123456.0", "-1.2345678901234567e-100"]
-NOT_CANONICAL_FLOATS = ["1", "1.50", "01.0", "1.", ".5", "1e16", "1E+16", "1.0e+16", "1e+15", "0.000001",
-                        "-0", "+1.0", "1e-05", "1e+308", "1.0 ", "0.123456789012345678",
-                        "12345678901234567.0"]
+CANONICAL_FLOATS = ["0.0", "-0.0", "1.0", "1.5", "-2.25", "0.00001", "0.000123",
+                    "123456789012345.0", "12345678901234.5", "1000000000000000.0", "1e-6", "9.9e-6",
+                    "-1.5e-7", "1e+16", "2.5e+100", "1.7e+307", "3.14159265358979",
+                    "0.30000000000000004", "2.3333333333333335", "1234567890123456.0",
+                    "-1.2345678901234567e-100"]
+NOT_CANONICAL_FLOATS = ["1", "1.50", "01.0", "1.", ".5", "1e16", "1E+16", "1.0e+16", "1e+15",
+                        "0.000001", "-0", "+1.0", "1e-05", "1e+308", "1.0 ",
+                        "0.123456789012345678", "12345678901234567.0"]
 
 
 @pytest.mark.parametrize("text", CANONICAL_FLOATS)
@@ -252,8 +258,8 @@ def test_integer_pattern_is_canonical():
 
 def test_string_pattern_matches_pydantic_escaping():
     string = f'"{STRING_INNER}*"'
-    samples = ['plain', 'quote " back \\ slash /', 'new\nline\ttab\rcr\bbs\fff', '\x00\x01\x0b\x1f\x7f\x85',
-               'é ü 中文 😀 \u2028', '']
+    samples = ['plain', 'quote " back \\ slash /', 'new\nline\ttab\rcr\bbs\fff',
+               '\x00\x01\x0b\x1f\x7f\x85', 'é ü 中文 😀 \u2028', '']
     for sample in samples:
         text = TypeAdapter(str).dump_json(sample).decode()
         assert re.fullmatch(string, text), text
@@ -269,12 +275,13 @@ class Event(BaseModel):
 
 
 EVENTS = [
-    Event(when=datetime.datetime(2026, 3, 3, 9, 30), day=datetime.date(1, 1, 1), at=datetime.time(23, 59, 59),
-          ident=uuid.UUID(int=2**128 - 1)),
+    Event(when=datetime.datetime(2026, 3, 3, 9, 30), day=datetime.date(1, 1, 1),
+          at=datetime.time(23, 59, 59), ident=uuid.UUID(int=2**128 - 1)),
     Event(when=datetime.datetime(2026, 12, 31, 0, 0, 0, 250000, tzinfo=datetime.timezone.utc),
           day=datetime.date(2024, 2, 29), at=datetime.time(0, 0, 0, 7),
           ident=uuid.UUID("12345678-9abc-def0-1234-56789abcdef0")),
-    Event(when=datetime.datetime(1999, 4, 30, 12, 0, tzinfo=datetime.timezone(datetime.timedelta(hours=-5, minutes=-30))),
+    Event(when=datetime.datetime(1999, 4, 30, 12, 0, tzinfo=datetime.timezone(
+              datetime.timedelta(hours=-5, minutes=-30))),
           day=datetime.date(9999, 12, 31), at=datetime.time(12, 0), ident=uuid.UUID(int=0)),
 ]
 
@@ -284,8 +291,9 @@ def test_dates_and_times_are_admitted_as_pydantic_writes_them():
     for event in EVENTS:
         assert re.fullmatch(regex, event.model_dump_json()), event.model_dump_json()
     text = EVENTS[0].model_dump_json()
-    for old, new in [("2026-03-03", "２０２６-03-03"), ("2026-03-03", "12026-03-03"), ("0001-01-01", "0000-01-01"),
-                     ("0001-01-01", "0001-02-30"), ("0001-01-01", "0001-04-31"), ("09:30:00", "09:30:00.250"),
+    for old, new in [("2026-03-03", "２０２６-03-03"), ("2026-03-03", "12026-03-03"),
+                     ("0001-01-01", "0000-01-01"), ("0001-01-01", "0001-02-30"),
+                     ("0001-01-01", "0001-04-31"), ("09:30:00", "09:30:00.250"),
                      ("09:30:00", "09:30:00Z".replace("Z", "+00:00")), ("23:59:59", "24:00:00"),
                      ("ffffffff", "FFFFFFFF")]:
         assert old in text
@@ -339,7 +347,8 @@ def _walk(grammar: JsonGrammar, token_ids: list[int]):
 
 TRICKY = [
     Nested(title='say "hi"\\ now\n\ttab \x01\x1f\x7f é 中 😀 / end', colour=Colour.BLUE, mood="sad",
-           items=[Item(label="", count=-12, where=Point(x=-0.0, y=1.5e-7)), Item(label="b", count=0)],
+           items=[Item(label="", count=-12, where=Point(x=-0.0, y=1.5e-7)),
+                  Item(label="b", count=0)],
            scores=[0.1, 1e+16, -2.5, 0.00001, 1 / 3], note=None, ok=False, total=123456789012),
     Nested(title="", colour=Colour.RED, mood="happy", scores=[], note="x", ok=True, total=0),
 ]
@@ -364,8 +373,8 @@ def test_grammar_admits_the_canonical_text_tokenized_naturally(tiny, backend, in
     lambda d: d.replace('"title":""', '"title":"\\/"'),
     lambda d: d.replace('"ok":true', '"ok":true,"extra":1'),
     lambda d: d.replace('"colour":"red","mood":"happy"', '"mood":"happy","colour":"red"'),
-], ids=["whitespace", "missing-default", "float-for-int", "minus-zero", "trailing-zero", "escaped-slash",
-        "extra-key", "key-order"])
+], ids=["whitespace", "missing-default", "float-for-int", "minus-zero", "trailing-zero",
+        "escaped-slash", "extra-key", "key-order"])
 def test_grammar_refuses_non_canonical_text(tiny, backend, change):
     _, tokenizer = tiny
     grammar = JsonGrammar.for_schema(Nested.model_json_schema(), tokenizer, backend=backend)
@@ -377,7 +386,7 @@ def test_grammar_refuses_non_canonical_text(tiny, backend, change):
 
 
 def test_grammar_cache_returns_the_same_object_once_built(tiny, monkeypatch):
-    import localdistil.inference.grammar as grammar_module
+    import localdistil.inference.grammar.core as grammar_module
 
     _, tokenizer = tiny
 
@@ -386,11 +395,14 @@ def test_grammar_cache_returns_the_same_object_once_built(tiny, monkeypatch):
 
     builds = []
     original = grammar_module.canonical_regex
-    monkeypatch.setattr(grammar_module, "canonical_regex", lambda schema: builds.append(1) or original(schema))
+    monkeypatch.setattr(grammar_module, "canonical_regex",
+                        lambda schema: builds.append(1) or original(schema))
     found: list[JsonGrammar] = []
-    threads = [threading.Thread(target=lambda: found.append(JsonGrammar.for_schema(Fresh.model_json_schema(),
-                                                                                   tokenizer)))
-               for _ in range(8)]
+
+    def build():
+        found.append(JsonGrammar.for_schema(Fresh.model_json_schema(), tokenizer))
+
+    threads = [threading.Thread(target=build) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -398,7 +410,8 @@ def test_grammar_cache_returns_the_same_object_once_built(tiny, monkeypatch):
     assert len(found) == 8 and all(grammar is found[0] for grammar in found)
     assert len(builds) == 1
     assert JsonGrammar.for_schema(Fresh.model_json_schema(), tokenizer) is found[0]
-    assert JsonGrammar.for_schema(Fresh.model_json_schema(), tokenizer, backend="outlines_core") is not found[0]
+    other = JsonGrammar.for_schema(Fresh.model_json_schema(), tokenizer, backend="outlines_core")
+    assert other is not found[0]
     assert JsonGrammar.for_schema(Multiply.model_json_schema(), tokenizer) is not found[0]
 
 
@@ -415,8 +428,9 @@ def test_forced_runs_are_the_tokenizers_own_tokens(tiny, backend):
 def test_an_unusable_schema_raises_dispatch_error(tiny, backend):
     _, tokenizer = tiny
     with pytest.raises(DispatchError, match="grammar"):
-        JsonGrammar.for_schema({"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}}, tokenizer,
-                               backend=backend)
+        JsonGrammar.for_schema({"type": "object",
+                                "properties": {"a": {"$ref": "#/$defs/Missing"}}},
+                               tokenizer, backend=backend)
 
 
 def test_an_unknown_backend_is_refused(tiny):
@@ -431,7 +445,8 @@ def test_an_unknown_backend_is_refused(tiny):
 def test_random_model_always_writes_canonical_instances(tiny, backend, seed):
     model, tokenizer = tiny
     grammar = JsonGrammar.for_schema(Nested.model_json_schema(), tokenizer, backend=backend)
-    results = generate_json(_closing_bias(model, tokenizer), tokenizer, grammar, _prompts(tokenizer, 4),
+    results = generate_json(_closing_bias(model, tokenizer), tokenizer, grammar,
+                            _prompts(tokenizer, 4),
                             max_new_tokens=600, temperature=1.0, seed=seed)
     assert len(results) == 4
     for result in results:
@@ -442,7 +457,8 @@ def test_random_model_always_writes_canonical_instances(tiny, backend, seed):
 def test_random_model_writes_valid_dates_times_and_uuids(tiny, backend):
     model, tokenizer = tiny
     grammar = JsonGrammar.for_schema(Event.model_json_schema(), tokenizer, backend=backend)
-    results = generate_json(_closing_bias(model, tokenizer), tokenizer, grammar, _prompts(tokenizer, 4),
+    results = generate_json(_closing_bias(model, tokenizer), tokenizer, grammar,
+                            _prompts(tokenizer, 4),
                             max_new_tokens=300, temperature=1.0, seed=3)
     for result in results:
         _assert_canonical(result, Event)
@@ -464,8 +480,11 @@ def test_seeded_sampling_is_reproducible_and_seeds_differ(tiny):
     model, tokenizer = tiny
     grammar = JsonGrammar.for_schema(Nested.model_json_schema(), tokenizer)
     prompts = _prompts(tokenizer, 2)
-    run = lambda seed: generate_json(model, tokenizer, grammar, prompts, max_new_tokens=80,
-                                     temperature=0.8, seed=seed)
+
+    def run(seed):
+        return generate_json(model, tokenizer, grammar, prompts, max_new_tokens=80, temperature=0.8,
+                             seed=seed)
+
     assert run(5) == run(5)
     assert run(5) != run(6)
 
@@ -475,21 +494,24 @@ def test_batch_equals_one_at_a_time_for_greedy(tiny, backend):
     grammar = JsonGrammar.for_schema(Item.model_json_schema(), tokenizer, backend=backend)
     prompts = _prompts(tokenizer, 4)
     batched = generate_json(model, tokenizer, grammar, prompts, max_new_tokens=60)
-    alone = [generate_json(model, tokenizer, grammar, [prompt], max_new_tokens=60)[0] for prompt in prompts]
+    alone = [generate_json(model, tokenizer, grammar, [prompt], max_new_tokens=60)[0]
+             for prompt in prompts]
     assert [r.token_ids for r in batched] == [r.token_ids for r in alone]
     assert len({r.token_ids for r in batched}) > 1  # the prompts really led somewhere different
-    assert {r.finished for r in batched} == {True, False}  # and rows left the batch at different times
+    assert {r.finished for r in batched} == {True, False}  # rows left the batch at different times
 
 
 def test_threads_share_a_grammar_and_a_model(tiny, backend):
     model, tokenizer = tiny
     grammar = JsonGrammar.for_schema(Item.model_json_schema(), tokenizer, backend=backend)
     prompts = _prompts(tokenizer, 4)
-    alone = [generate_json(model, tokenizer, grammar, [prompt], max_new_tokens=40)[0] for prompt in prompts]
+    alone = [generate_json(model, tokenizer, grammar, [prompt], max_new_tokens=40)[0]
+             for prompt in prompts]
     together: dict[int, GenerationResult] = {}
 
     def one(number: int) -> None:
-        together[number] = generate_json(model, tokenizer, grammar, [prompts[number]], max_new_tokens=40)[0]
+        (together[number],) = generate_json(model, tokenizer, grammar, [prompts[number]],
+                                            max_new_tokens=40)
 
     threads = [threading.Thread(target=one, args=(number,)) for number in range(4)]
     for thread in threads:
@@ -503,7 +525,8 @@ def test_budget_exhaustion_returns_the_partial_text(tiny, backend):
     model, tokenizer = tiny
     grammar = JsonGrammar.for_schema(Nested.model_json_schema(), tokenizer, backend=backend)
     for budget in (1, 2, 7):
-        (result,) = generate_json(model, tokenizer, grammar, _prompts(tokenizer, 1), max_new_tokens=budget)
+        (result,) = generate_json(model, tokenizer, grammar, _prompts(tokenizer, 1),
+                                  max_new_tokens=budget)
         assert not result.finished
         assert result.token_count == budget
         assert '{"title":"'.startswith(result.text) or result.text.startswith('{"title":"')
@@ -511,7 +534,8 @@ def test_budget_exhaustion_returns_the_partial_text(tiny, backend):
             Nested.model_validate_json(result.text)
 
 
-def test_fast_forward_equals_step_by_step_when_every_byte_is_a_token(byte_tiny, backend, monkeypatch):
+def test_fast_forward_equals_step_by_step_when_every_byte_is_a_token(byte_tiny, backend,
+                                                                     monkeypatch):
     model, tokenizer = byte_tiny
     grammar = JsonGrammar.for_schema(Nested.model_json_schema(), tokenizer, backend=backend)
     prompts = _prompts(tokenizer, 3)
@@ -520,7 +544,8 @@ def test_fast_forward_equals_step_by_step_when_every_byte_is_a_token(byte_tiny, 
     fast_passes = len(passes)
     slow = generate_json(model, tokenizer, grammar, prompts, max_new_tokens=250, fast_forward=False)
     assert [r.token_ids for r in fast] == [r.token_ids for r in slow]
-    assert all(r.forced_count >= len('{"title":"') for r in fast) and any(r.forced_count > 50 for r in fast)
+    assert all(r.forced_count >= len('{"title":"') for r in fast)
+    assert any(r.forced_count > 50 for r in fast)
     assert all(r.forced_count == 0 for r in slow)
     assert fast_passes < len(passes) - fast_passes
     for result in fast:
@@ -544,8 +569,8 @@ def _proposing(monkeypatch, guesses):
     """Replace prompt lookup's guesses: ``guesses(prompt, written, size)`` -> tokens to propose."""
     import localdistil.inference.generate as generate
 
-    def propose(sequence, prompt, size, max_new_tokens, table=None, alone=True, longest_match=3):
-        size = min(size, max_new_tokens - len(sequence.ids) - 1)
+    def propose(sequence, prompt, settings, *, alone=True, longest_match=3):
+        size = min(settings.lookup, settings.max_new_tokens - len(sequence.ids) - 1)
         sequence.proposal = list(guesses(tuple(prompt), sequence.ids, size)) if size > 0 else []
 
     monkeypatch.setattr(generate, "_propose", propose)
@@ -558,7 +583,8 @@ def test_proposed_tokens_change_the_passes_not_the_output(tiny, backend, monkeyp
     model, tokenizer = tiny
     grammar = JsonGrammar.for_schema(Item.model_json_schema(), tokenizer, backend=backend)
     prompts = _prompts(tokenizer, 4)
-    reference = generate_json(model, tokenizer, grammar, prompts, max_new_tokens=60, prompt_lookup=0)
+    reference = generate_json(model, tokenizer, grammar, prompts, max_new_tokens=60,
+                              prompt_lookup=0)
     answers = {tuple(prompt): list(result.token_ids) for prompt, result in zip(prompts, reference)}
     wrong_token = tokenizer.convert_tokens_to_ids("Ġthe")
 
@@ -570,10 +596,12 @@ def test_proposed_tokens_change_the_passes_not_the_output(tiny, backend, monkeyp
     _proposing(monkeypatch, guesses)
     for prompt, expected in zip(prompts, reference):
         passes.clear()
-        assert generate_json(model, tokenizer, grammar, [prompt], max_new_tokens=60, prompt_lookup=2) == [expected]
+        assert generate_json(model, tokenizer, grammar, [prompt], max_new_tokens=60,
+                             prompt_lookup=2) == [expected]
         sampled = expected.token_count - expected.forced_count  # passes without guesses
         assert len(passes) < sampled if guess == "right" and sampled > 2 else len(passes) == sampled
-    assert generate_json(model, tokenizer, grammar, prompts, max_new_tokens=60, prompt_lookup=2) == reference
+    assert generate_json(model, tokenizer, grammar, prompts, max_new_tokens=60,
+                         prompt_lookup=2) == reference
 
 
 def test_prompt_lookup_copies_from_the_prompt(tiny, backend, monkeypatch):
@@ -588,10 +616,12 @@ def test_prompt_lookup_copies_from_the_prompt(tiny, backend, monkeypatch):
     for token in written:
         assert sequence.cursor.advance(token)
     sequence.ids = list(written)
-    generate._propose(sequence, prompt, 3, max_new_tokens=60)
+    settings = generate._DecodeSettings(grammar, max_new_tokens=60, lookup=3)
+    generate._propose(sequence, prompt, settings)
     after = prompt[prompt.index(written[-1]) + 1:]
     assert sequence.proposal == after[:3] and " Lovelace".startswith(tokenizer.decode(after[:3]))
-    generate._propose(sequence, prompt, 3, max_new_tokens=len(written) + 2)
+    tight = generate._DecodeSettings(grammar, max_new_tokens=len(written) + 2, lookup=3)
+    generate._propose(sequence, prompt, tight)
     assert sequence.proposal == after[:1]  # never past the token budget
 
 
@@ -608,15 +638,18 @@ def test_a_shared_prompt_prefix_is_computed_once_and_changes_nothing(tiny, backe
     first = generate_json(model, tokenizer, grammar, prompts[:1], max_new_tokens=40, prefix=prefix)
     assert prefix.tokens == () and passes[0] > shared  # one prompt alone: nothing known to share
     passes.clear()
-    second = generate_json(model, tokenizer, grammar, prompts[1:2], max_new_tokens=40, prefix=prefix,
-                           prompt_lookup=0)
+    second = generate_json(model, tokenizer, grammar, prompts[1:2], max_new_tokens=40,
+                           prefix=prefix, prompt_lookup=0)
     forced = len(grammar.cursor().take_forced(40))  # `{"label":"` goes with the first pass
-    assert len(prefix.tokens) == shared and passes[:2] == [shared, len(prompts[1]) - shared + forced]
+    assert len(prefix.tokens) == shared
+    assert passes[:2] == [shared, len(prompts[1]) - shared + forced]
     passes.clear()
-    again = [generate_json(model, tokenizer, grammar, [p], max_new_tokens=40, prefix=prefix)[0] for p in prompts]
+    again = [generate_json(model, tokenizer, grammar, [p], max_new_tokens=40, prefix=prefix)[0]
+             for p in prompts]
     assert passes.count(shared) == 0  # the prefix was not computed again
     assert first + second == alone[:2] and again == alone
-    assert generate_json(model, tokenizer, grammar, prompts, max_new_tokens=40, prefix=prefix) == batched
+    assert generate_json(model, tokenizer, grammar, prompts, max_new_tokens=40,
+                         prefix=prefix) == batched
 
 
 def test_a_prompt_outside_the_prefix_is_decoded_whole(tiny, backend):
@@ -632,7 +665,8 @@ def test_a_prompt_outside_the_prefix_is_decoded_whole(tiny, backend):
 
 
 def test_a_field_named_like_an_argument_is_proposed_its_value(tiny, backend, monkeypatch):
-    """Prompts render ``key=<JSON>``, outputs ``"key":<JSON>``: after ``"b":`` the value of ``b=``."""
+    """Prompts render ``key=<JSON>``, outputs ``"key":<JSON>``: after ``"b":`` the value of
+    ``b=``."""
     import localdistil.inference.generate as generate
 
     model, tokenizer = tiny
@@ -642,22 +676,24 @@ def test_a_field_named_like_an_argument_is_proposed_its_value(tiny, backend, mon
     value = generate._argument_value(written, prompt, grammar.table)
     assert tokenizer.decode(value).startswith("977)")
     assert generate._argument_value(written[:-1], prompt, grammar.table) == []  # no `"b":` yet
-    assert generate._argument_value(tokenizer.encode('{"result":', add_special_tokens=False), prompt,
-                                    grammar.table) == []  # no argument of that name
+    result_key = tokenizer.encode('{"result":', add_special_tokens=False)
+    assert generate._argument_value(result_key, prompt, grammar.table) == []  # no such argument
 
     sequence = generate._Sequence(cursor=grammar.cursor())
     for token in written:
         assert sequence.cursor.advance(token)
     sequence.ids, sequence.feed = list(written), list(written[-3:])
-    generate._propose(sequence, prompt, 4, max_new_tokens=60, table=grammar.table)
+    settings = generate._DecodeSettings(grammar, max_new_tokens=60, lookup=4)
+    generate._propose(sequence, prompt, settings)
     assert sequence.proposal == value[:4]  # past the cheap width: an echoed argument is worth it
 
     # greedy output is unchanged with the value proposed
-    prompts = [list(tokenizer.apply_chat_template([{"role": "user", "content": "multiply(a=673, b=977)"}],
-                                                  add_generation_prompt=True, tokenize=True,
-                                                  return_dict=True)["input_ids"])]
+    messages = [{"role": "user", "content": "multiply(a=673, b=977)"}]
+    prompts = [list(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                  tokenize=True, return_dict=True)["input_ids"])]
     plain = generate_json(model, tokenizer, grammar, prompts, max_new_tokens=40, prompt_lookup=0)
-    assert generate_json(model, tokenizer, grammar, prompts, max_new_tokens=40, prompt_lookup=4) == plain
+    assert generate_json(model, tokenizer, grammar, prompts, max_new_tokens=40,
+                         prompt_lookup=4) == plain
 
 
 def test_backends_write_the_same_tokens(tiny):
@@ -688,27 +724,9 @@ def test_arguments_are_checked(tiny, byte_tiny):
 # --- token budget -----------------------------------------------------------------------------
 
 
-def test_budget_from_observed_outputs(tiny):
-    _, tokenizer = tiny
-    texts = ['{"a":1,"b":2,"result":2}', '{"a":133,"b":539,"result":71687}']
-    longest = max(len(tokenizer.encode(t, add_special_tokens=False)) for t in texts)
-    assert max_tokens_for(Multiply.model_json_schema(), texts, tokenizer) == int(longest * 1.5) + 8
-
-
-def test_budget_from_the_schema_alone(tiny):
-    _, tokenizer = tiny
-    small = max_tokens_for(Multiply.model_json_schema(), [], tokenizer)
-    large = max_tokens_for(Nested.model_json_schema(), [], tokenizer)
-    example = len(tokenizer.encode(TRICKY[0].model_dump_json(), add_special_tokens=False))
-    assert 30 < small < large
-    assert large > example
-
-    class Short(BaseModel):
-        tags: list[str] = Field(max_length=2)
-        word: str = Field(max_length=5)
-
-    assert max_tokens_for(Short.model_json_schema(), [], tokenizer) < max_tokens_for(
-        Nested.model_json_schema(), [], tokenizer)
+def test_budget_is_the_longest_answer_with_room_to_spare():
+    assert budget_for(20) == 38
+    assert budget_for(20, factor=2.0, margin=0) == 40
 
 
 # --- the embedded SmolLM2 model ---------------------------------------------------------------
@@ -723,7 +741,8 @@ def smollm2(smollm2_path):
 
 
 def _chat(tokenizer, text: str) -> list[int]:
-    messages = [{"role": "system", "content": "Reply with JSON only."}, {"role": "user", "content": text}]
+    messages = [{"role": "system", "content": "Reply with JSON only."},
+                {"role": "user", "content": text}]
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                               return_dict=True)["input_ids"])
 
@@ -739,8 +758,10 @@ def test_smollm2_writes_valid_canonical_json_with_and_without_fast_forward(smoll
         _assert_canonical(result, Multiply)
     assert all(r.forced_count >= 7 for r in fast)
     # The forced runs are the tokenizer's own tokens (`{"` `a` `":`), what a model fine-tuned on
-    # canonical text writes. Untuned SmolLM2 writes `{` `"` `a` when asked, so no token equality here.
-    assert [r.token_ids[:3] for r in fast] == [tuple(tokenizer.encode('{"a":', add_special_tokens=False))] * 2
+    # canonical text writes. Untuned SmolLM2 writes `{` `"` `a` when asked, so no token equality
+    # here.
+    opening = tuple(tokenizer.encode('{"a":', add_special_tokens=False))
+    assert [r.token_ids[:3] for r in fast] == [opening] * 2
 
 
 class Contact(BaseModel):
@@ -755,7 +776,8 @@ class Contact(BaseModel):
 def test_smollm2_mixed_schema_is_valid(smollm2):
     model, tokenizer = smollm2
     grammar = JsonGrammar.for_schema(Contact.model_json_schema(), tokenizer)
-    prompt = _chat(tokenizer, 'Ada "the first" Lovelace is 36 and 1.65 m tall. Give her contact as JSON.')
+    prompt = _chat(tokenizer, 'Ada "the first" Lovelace is 36 and 1.65 m tall. '
+                              'Give her contact as JSON.')
     (result,) = generate_json(model, tokenizer, grammar, [prompt], max_new_tokens=120)
     _assert_canonical(result, Contact)
     assert json.loads(result.text)["name"]

@@ -1,7 +1,7 @@
 """Constrained decoding: a Hugging Face causal LM writes canonical JSON for a :class:`JsonGrammar`.
 
-:func:`generate_json` runs its own decode loop over ``model(..., past_key_values=...,
-use_cache=True)`` rather than ``model.generate``, for three things ``generate`` cannot do:
+:func:`generate_json` runs its own decode loop over ``model(..., cache=..., use_cache=True)``
+rather than ``model.generate``, for three things ``generate`` cannot do:
 
 - fast-forward: where the grammar forces text (``{"a":``, ``,"result":``, the closing ``}``), its
   tokens are appended without sampling and fed to the model in the same forward pass as the
@@ -21,32 +21,21 @@ use_cache=True)`` rather than ``model.generate``, for three things ``generate`` 
 The batch is left-padded; inside a step, sequences that add fewer tokens than the longest are
 left-padded too, those positions (and proposed tokens that were not kept) masked out of
 attention for good, and position ids count real tokens only, so each sequence sees what it would
-see alone (greedy batch output equals one-at-a-time output). With a :class:`PromptPrefix`, the
-prefix every prompt shares is not fed at all: its KV cache, computed once, is copied in.
+see alone (greedy batch output equals one-at-a-time output). With a
+:class:`~localdistil.inference.prefix.PromptPrefix`, the prefix every prompt shares is not fed at
+all: its KV cache, computed once, is copied in.
 
-Token choice runs in numpy, single-threaded: a torch op over the 49k logits costs ~0.03 ms on
-an idle machine but stalled 10-20 ms whenever another process held the second core (an OpenMP
-barrier waiting for a descheduled thread).
-
-Measured by ``bench/dispatch.py`` on SmolLM2-135M-Instruct with a Multiply adapter, 2 idle CPU
-cores, default backend, 2026-11 (see :mod:`localdistil.inference.grammar` for the backends):
-
-- constrained vs unconstrained decoding at batch 1, one pass per token: 0.91-0.98x per token
-  (target <= 1.05x; the grammar costs ~0.1 ms of a 34-46 ms pass);
-- one ``Multiply(a:int, b:int, result:int)`` call (~21 tokens, 7 forced): 993 ms one pass per
-  token, 701 ms with fast-forward, 494 ms adding prompt lookup (8-9 passes instead of ~15),
-  477 ms adding the cached prefix (13 of 29 prompt tokens); 0.40-0.42x of ``outlines.Generator``;
-- batch 8 vs batch 1: 3.2-3.5x the calls per second, token for token the same outputs.
-
-:func:`max_tokens_for` picks ``max_new_tokens`` for a schema from the outputs seen in training.
+Token choice runs in numpy, single-threaded: a torch op over the logits stalls whenever another
+process holds a core the op's thread pool waits on (an OpenMP barrier waiting for a descheduled
+thread), where numpy never waits. What each of these saves is measured by ``bench/dispatch.py``
+(the README's *Benchmarks* section).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy
@@ -54,13 +43,14 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from localdistil.inference.grammar import Cursor, JsonGrammar
+    from localdistil.inference.prefix import PromptPrefix
     from localdistil.inference.tokens import TokenTable
 
 
-#: Prompt lookup proposes tokens only while the pass feeds at most this many: on SmolLM2-135M
-#: on the 2-core CPU a pass over 1, 2 or 3 tokens took 34, 37 and 39 ms, over 4 61 ms (the
-#: matrix kernels change at 4 rows), with 1 or 2 threads alike.
 CHEAP_PASS_TOKENS = 3
+"""Prompt lookup proposes tokens only while the pass feeds at most this many: on a small model
+on CPU a pass over 1-3 tokens costs about the same, over 4 much more (the matrix kernels change
+at 4 rows)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,62 +76,21 @@ class GenerationResult:
         return len(self.token_ids)
 
 
-class PromptPrefix:
-    """The KV cache of the prompt prefix one function's calls share, computed once, reused after.
+@dataclasses.dataclass(frozen=True)
+class _DecodeSettings:
+    """What one :func:`generate_json` call decodes under, the same for every sequence and step."""
 
-    Every prompt of a function starts with the same tokens (the chat template, the system line,
-    ``name(``); their keys and values depend on those tokens alone, so they need computing only
-    once. The prefix is learnt from the prompts themselves: the longest common start of two
-    different ones (the first batch of several, or the first two calls), as long as it is at
-    least ``min_tokens``. A prompt that does not start with it is decoded from scratch, and two
-    later prompts that share another prefix replace it.
+    grammar: JsonGrammar
+    max_new_tokens: int
+    temperature: float = 0.0
+    rng: numpy.random.Generator | None = None  # sampling only
+    fast_forward: bool = True
+    lookup: int = 0  # the most tokens prompt lookup proposes per step; 0: none
+    pad_id: int = 0
 
-    Not thread-safe: keep one per model and use it under the lock that serialises generation
-    (dispatch keeps one per loaded adapter).
-    """
-
-    def __init__(self, min_tokens: int = 4) -> None:
-        self.min_tokens = min_tokens
-        self.tokens: tuple[int, ...] = ()
-        self._cache: Any = None
-        self._last: list[int] | None = None
-
-    def start(self, model: PreTrainedModel, prompts: list[list[int]]) -> tuple[int, Any]:
-        """``(n, cache)``: the prefix length and a fresh copy of its KV cache, one row per
-        prompt, if every prompt starts with the prefix (and goes on after it); else ``(0, None)``."""
-        import copy
-
-        if not self._covers(prompts):
-            self._learn(model, prompts)
-            if not self._covers(prompts):
-                return 0, None
-        cache = copy.deepcopy(self._cache)
-        if len(prompts) > 1:
-            cache.batch_repeat_interleave(len(prompts))
-        return len(self.tokens), cache
-
-    def _covers(self, prompts: list[list[int]]) -> bool:
-        n = len(self.tokens)
-        return n > 0 and all(len(p) > n and tuple(p[:n]) == self.tokens for p in prompts)
-
-    def _learn(self, model: PreTrainedModel, prompts: list[list[int]]) -> None:
-        import torch
-
-        others = list(prompts[1:]) or ([self._last] if self._last is not None else [])
-        self._last = list(prompts[0])
-        if not others:
-            return
-        length = min(len(p) for p in prompts) - 1  # every prompt keeps a token to feed
-        for other in others:
-            length = min(length, next((i for i, (a, b) in enumerate(zip(prompts[0], other)) if a != b),
-                                      min(len(prompts[0]), len(other))))
-        if length < self.min_tokens:
-            return
-        tokens = tuple(prompts[0][:length])
-        ids = torch.tensor([tokens], dtype=torch.long, device=_device(model))
-        with torch.inference_mode():
-            self._cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
-        self.tokens = tokens
+    @property
+    def table(self) -> TokenTable:
+        return self.grammar.table
 
 
 @dataclasses.dataclass
@@ -159,8 +108,8 @@ class _Sequence:
 
 def generate_json(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, grammar: JsonGrammar,
                   prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
-                  seed: int | None = None, fast_forward: bool = True,
-                  prompt_lookup: int = 4, prefix: PromptPrefix | None = None) -> list[GenerationResult]:
+                  seed: int | None = None, fast_forward: bool = True, prompt_lookup: int = 4,
+                  prefix: PromptPrefix | None = None) -> list[GenerationResult]:
     """Generate one canonical JSON text per prompt, under ``grammar``, in one batch.
 
     Args:
@@ -180,7 +129,8 @@ def generate_json(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, gr
             :data:`CHEAP_PASS_TOKENS` fed in a pass), kept as far as greedy decoding agrees; 0
             turns it off. The output is the same either way.
         prefix: reuse the KV cache of the prompt prefix shared by this function's calls (see
-            :class:`PromptPrefix`); the output is the same either way.
+            :class:`~localdistil.inference.prefix.PromptPrefix`); the output is the same either
+            way.
 
     Returns:
         One :class:`GenerationResult` per prompt, in order. Generation stops as soon as the
@@ -190,19 +140,21 @@ def generate_json(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, gr
     import torch
 
     _check_arguments(tokenizer, grammar, prompts, max_new_tokens, temperature)
-    rng = np.random.default_rng(seed) if temperature > 0 else None
+    settings = _DecodeSettings(
+        grammar=grammar, max_new_tokens=max_new_tokens, temperature=temperature,
+        rng=np.random.default_rng(seed) if temperature > 0 else None, fast_forward=fast_forward,
+        lookup=prompt_lookup if temperature <= 0 else 0, pad_id=_pad_id(tokenizer))
     sequences = [_Sequence(cursor=grammar.cursor()) for _ in prompts]
     for sequence in sequences:
-        _after_token(sequence, max_new_tokens, fast_forward)
+        _after_token(sequence, settings)
     with torch.inference_mode():
-        _decode(model, grammar, prompts, sequences, _pad_id(tokenizer), max_new_tokens, temperature,
-                rng, fast_forward, prompt_lookup if temperature <= 0 else 0, prefix)
+        _decode(model, settings, prompts, sequences, prefix)
     return [GenerationResult(text=grammar.table.decode(s.ids), token_ids=tuple(s.ids),
                              finished=s.finished, forced_count=s.forced_count) for s in sequences]
 
 
-def _decode(model, grammar, prompts, sequences, pad_id, max_new_tokens, temperature, rng,
-            fast_forward, lookup, prefix) -> None:
+def _decode(model: PreTrainedModel, settings: _DecodeSettings, prompts: list[list[int]],
+            sequences: list[_Sequence], prefix: PromptPrefix | None) -> None:
     """The loop: feed what each live sequence has not been fed (and its proposal), pick tokens."""
     import torch
 
@@ -211,33 +163,32 @@ def _decode(model, grammar, prompts, sequences, pad_id, max_new_tokens, temperat
     if not live:
         return
     for index in live:
-        _propose(sequences[index], prompts[index], lookup, max_new_tokens, grammar.table, len(live) == 1)
+        _propose(sequences[index], prompts[index], settings, alone=len(live) == 1)
     start, cache = prefix.start(model, [prompts[i] for i in live]) if prefix else (0, None)
     chunks = [list(prompts[i][start:]) + sequences[i].feed + sequences[i].proposal for i in live]
     attention = torch.ones((len(live), start), dtype=torch.long, device=device)
-    seen = torch.full((len(live),), start, dtype=torch.long, device=device)  # real tokens fed so far
-    vocab = grammar.table.size
+    seen = torch.full((len(live),), start, dtype=torch.long, device=device)  # real tokens fed
+    vocab = settings.table.size
     while live:
-        input_ids, chunk_mask = _left_pad(chunks, pad_id, device)
+        input_ids, chunk_mask = _left_pad(chunks, settings.pad_id, device)
         attention = torch.cat([attention, chunk_mask], dim=1)
         positions = (seen[:, None] + chunk_mask.cumsum(dim=1) - 1).clamp(min=0)
         seen = seen + chunk_mask.sum(dim=1)
         kept = 1 + max(len(sequences[i].proposal) for i in live)  # positions whose logits we read
         out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                    past_key_values=cache, use_cache=True, logits_to_keep=kept)
-        cache = out.past_key_values
+                    cache=cache, use_cache=True, logits_to_keep=kept)
+        cache = out.cache
         logits = out.logits[:, -kept:, :]
         if logits.shape[-1] < vocab:
             raise ValueError(f"the model scores {logits.shape[-1]} tokens but the tokenizer has "
                              f"{vocab}: they do not belong together")
-        # Token choice runs in numpy on the CPU: single-threaded, so it never waits on a busy core,
-        # and over the allowed ids only where they are few.
+        # Token choice runs in numpy on the CPU: single-threaded, so it never waits on a busy
+        # core, and over the allowed ids only where they are few.
         scores = logits[..., :vocab].float().cpu().numpy()
         keep = []
         for row, index in enumerate(live):
             sequence = sequences[index]
-            rejected = _accept(sequence, scores[row, kept - 1 - len(sequence.proposal):], grammar,
-                               max_new_tokens, temperature, rng, fast_forward)
+            rejected = _accept(sequence, scores[row, kept - 1 - len(sequence.proposal):], settings)
             if rejected:  # proposed tokens the model saw but greedy decoding did not pick
                 attention[row, attention.shape[1] - rejected:] = 0
                 seen[row] -= rejected
@@ -245,7 +196,7 @@ def _decode(model, grammar, prompts, sequences, pad_id, max_new_tokens, temperat
                 keep.append(row)
         for row in keep:  # n-gram guesses only for a sequence decoding alone (see _propose)
             index = live[row]
-            _propose(sequences[index], prompts[index], lookup, max_new_tokens, grammar.table, len(keep) == 1)
+            _propose(sequences[index], prompts[index], settings, alone=len(keep) == 1)
         chunks = [sequences[live[row]].feed + sequences[live[row]].proposal for row in keep]
         if len(keep) < len(live):
             if keep:
@@ -255,8 +206,7 @@ def _decode(model, grammar, prompts, sequences, pad_id, max_new_tokens, temperat
             live = [live[row] for row in keep]
 
 
-def _accept(sequence: _Sequence, scores: numpy.ndarray, grammar: JsonGrammar, max_new_tokens: int,
-            temperature: float, rng, fast_forward: bool) -> int:
+def _accept(sequence: _Sequence, scores: numpy.ndarray, settings: _DecodeSettings) -> int:
     """Choose the sequence's next token(s) from ``scores`` (one row per fed position from its last
     real token on); return how many proposed tokens were not kept.
 
@@ -267,33 +217,34 @@ def _accept(sequence: _Sequence, scores: numpy.ndarray, grammar: JsonGrammar, ma
     """
     proposal, cursor = sequence.proposal, sequence.cursor
     sequence.proposal = []
-    for position, row in enumerate(scores):
-        token = _choose(row, *cursor.allowed(), temperature, rng)
+    guessed = 0  # proposed tokens chosen, so kept
+    for row in scores:
+        token = _choose(row, *cursor.allowed(), settings.temperature, settings.rng)
         if token is None:  # nothing allowed: a dead end (never expected)
             sequence.done = True
-        elif token == grammar.table.eos_id and cursor.is_final():
+            break
+        if token == settings.table.eos_id and cursor.is_final():
             sequence.done = sequence.finished = True
-        else:
-            cursor.advance(token)
-            sequence.ids.append(token)
-            guessed = position < len(proposal) and token == proposal[position]
-            sequence.feed = [] if guessed else [token]  # a kept guess is in the model already
-            _after_token(sequence, max_new_tokens, fast_forward)
-            if guessed and not sequence.done and not sequence.feed:
-                continue
-            return len(proposal) - position - guessed
-        return len(proposal) - position
-    return 0
+            break
+        cursor.advance(token)
+        sequence.ids.append(token)
+        hit = guessed < len(proposal) and token == proposal[guessed]
+        guessed += hit
+        sequence.feed = [] if hit else [token]  # a kept guess is in the model already
+        _after_token(sequence, settings)
+        if not hit or sequence.done or sequence.feed:
+            break
+    return len(proposal) - guessed
 
 
-def _propose(sequence: _Sequence, prompt: list[int], size: int, max_new_tokens: int,
-             table: TokenTable | None = None, alone: bool = True, longest_match: int = 3) -> None:
-    """Set the sequence's proposal, never past the token budget:
+def _propose(sequence: _Sequence, prompt: list[int], settings: _DecodeSettings, *,
+             alone: bool = True, longest_match: int = 3) -> None:
+    """Set the sequence's proposal (up to ``settings.lookup`` tokens), never past the budget:
 
     - where the output has just written ``"key":`` and the prompt holds the argument ``key=``,
-      the tokens of that argument's value (up to ``size``): prompts render arguments as
-      ``key=<canonical JSON>`` and outputs their fields as ``"key":<canonical JSON>``, so a field
-      that echoes an argument is written with the very same text (needs ``table``);
+      the tokens of that argument's value: prompts render arguments as ``key=<canonical JSON>``
+      and outputs their fields as ``"key":<canonical JSON>``, so a field that echoes an argument
+      is written with the very same text;
     - else, for a sequence decoding ``alone`` (in a batch a guess is extra compute), the tokens
       that followed the latest earlier occurrence of the last few tokens (up to
       ``longest_match``, the longest that occurs) in prompt + output, only where the grammar
@@ -301,11 +252,12 @@ def _propose(sequence: _Sequence, prompt: list[int], size: int, max_new_tokens: 
     """
     import numpy as np
 
-    size = min(size, max_new_tokens - len(sequence.ids) - 1)
+    size = min(settings.lookup, settings.max_new_tokens - len(sequence.ids) - 1)
     sequence.proposal = []
     if size <= 0 or not sequence.ids:
         return
-    if table is not None and (echoed := _argument_value(sequence.ids, prompt, table)):
+    echoed = _argument_value(sequence.ids, prompt, settings.table)
+    if echoed:
         sequence.proposal = echoed[:size]
         return
     size = min(size, CHEAP_PASS_TOKENS - len(sequence.feed))
@@ -325,17 +277,17 @@ def _propose(sequence: _Sequence, prompt: list[int], size: int, max_new_tokens: 
                 return
 
 
-def _after_token(sequence: _Sequence, max_new_tokens: int, fast_forward: bool) -> None:
+def _after_token(sequence: _Sequence, settings: _DecodeSettings) -> None:
     """Append the run forced from the sequence's position, then settle whether it is done."""
-    cursor = sequence.cursor
-    if fast_forward and not cursor.is_terminal():
-        forced = cursor.take_forced(max_new_tokens - len(sequence.ids))
+    cursor, budget = sequence.cursor, settings.max_new_tokens
+    if settings.fast_forward and not cursor.is_terminal():
+        forced = cursor.take_forced(budget - len(sequence.ids))
         sequence.ids.extend(forced)
         sequence.feed.extend(forced)
         sequence.forced_count += len(forced)
     if cursor.is_terminal():
         sequence.done = sequence.finished = True
-    elif len(sequence.ids) >= max_new_tokens:
+    elif len(sequence.ids) >= budget:
         sequence.done = True
         sequence.finished = cursor.is_final()
 
@@ -440,68 +392,7 @@ def _check_arguments(tokenizer, grammar, prompts, max_new_tokens, temperature) -
         raise ValueError(f"temperature must be >= 0, not {temperature!r}")
 
 
-# --- token budget ---------------------------------------------------------------------------
-
-
 def budget_for(longest: int, *, factor: float = 1.5, margin: int = 8) -> int:
     """The token budget of one answer whose longest seen (or estimated) form is ``longest``
     tokens: ``longest`` x ``factor`` + ``margin``."""
     return int(longest * factor) + margin
-
-
-def max_tokens_for(schema: dict[str, Any], observed_output_texts: list[str] | tuple[str, ...],
-                   tokenizer: PreTrainedTokenizerBase, *, factor: float = 1.5,
-                   margin: int = 8) -> int:
-    """A max_new_tokens budget for one output of ``schema``.
-
-    From observed outputs (the training targets): the longest one's token count x ``factor`` +
-    ``margin``. With none observed, an estimate from the schema: its fixed text (keys and
-    punctuation) tokenized, plus an allowance per value (strings 32 tokens or their
-    ``maxLength``, numbers 24, lists 8 items or their ``maxItems``), x ``factor`` + ``margin``.
-    """
-    lengths = [len(tokenizer.encode(text, add_special_tokens=False))
-               for text in observed_output_texts]
-    if lengths:
-        return budget_for(max(lengths), factor=factor, margin=margin)
-    defs = schema.get("$defs") or schema.get("definitions") or {}
-    return budget_for(_estimate(schema, defs, tokenizer, 0), factor=factor, margin=margin)
-
-
-def _estimate(schema: Any, defs: dict[str, Any], tokenizer: PreTrainedTokenizerBase,
-              depth: int) -> int:
-    """Rough token count of the longest likely canonical text of ``schema``."""
-    if not isinstance(schema, dict) or depth > 8:
-        return 16
-    ref = schema.get("$ref")
-    if isinstance(ref, str):
-        return _estimate(defs.get(ref.rsplit("/", 1)[-1], {}), defs, tokenizer, depth + 1)
-    for key in ("anyOf", "oneOf"):
-        if isinstance(schema.get(key), list) and schema[key]:
-            return max(_estimate(sub, defs, tokenizer, depth + 1) for sub in schema[key])
-    if "const" in schema or "enum" in schema:
-        options = [schema["const"]] if "const" in schema else list(schema["enum"])
-        texts = [json.dumps(option, ensure_ascii=False) for option in options]
-        return max((len(tokenizer.encode(text, add_special_tokens=False)) for text in texts),
-                   default=1)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        return max(_estimate({**schema, "type": k}, defs, tokenizer, depth + 1) for k in kind)
-    if kind == "object" or "properties" in schema:
-        properties = schema.get("properties") or {}
-        skeleton = "{" + ",".join(f'"{name}":' for name in properties) + "}"
-        values = sum(_estimate(sub, defs, tokenizer, depth + 1) for sub in properties.values())
-        extra = 4 * 8 if schema.get("additionalProperties") not in (None, False) else 0
-        return len(tokenizer.encode(skeleton, add_special_tokens=False)) + values + extra
-    if kind == "array":
-        items = schema.get("prefixItems")
-        if isinstance(items, list):
-            return 2 + sum(1 + _estimate(sub, defs, tokenizer, depth + 1) for sub in items)
-        count = schema.get("maxItems", 8)
-        return 2 + count * (1 + _estimate(schema.get("items", {}), defs, tokenizer, depth + 1))
-    if kind == "string":
-        return 2 + int(schema.get("maxLength", 32))
-    if kind in ("integer", "number"):
-        return 24 if kind == "number" else 12
-    if kind in ("boolean", "null"):
-        return 2
-    return 16

@@ -1,8 +1,9 @@
 """The tokenizer side of the output grammar: the exact bytes of every token of a Hugging Face
-tokenizer, and each grammar backend's view of that vocabulary.
+tokenizer, and each grammar engine's view of that vocabulary (made by the engine, kept here).
 
 A :class:`TokenTable` is made once per tokenizer (``JsonGrammar.for_schema`` in
-:mod:`localdistil.inference.grammar` caches it) and shared by every grammar built over that tokenizer.
+:mod:`localdistil.inference.grammar` caches it) and shared by every grammar built over that
+tokenizer.
 Token bytes follow the tokenizer's own decoder (:func:`_decoder_style`): byte-level tokenizers
 (GPT-2, Llama 3, SmolLM) map each character of a token back through the GPT-2 byte alphabet;
 SentencePiece-style ones (metaspace) turn ``\\u2581`` into a space and ``<0xNN>`` into byte NN;
@@ -20,14 +21,14 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from localdistil.errors import DispatchError
-
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from transformers import PreTrainedTokenizerBase
 
 
 class TokenTable:
-    """The exact bytes of every token of one tokenizer, and each backend's view of them.
+    """The exact bytes of every token of one tokenizer, and each engine's view of them.
 
     Special tokens (``<|im_end|>`` and the like) have no bytes (``None``) and never appear in
     JSON; the EOS token is offered by the grammar only where the JSON is complete.
@@ -67,49 +68,12 @@ class TokenTable:
         raw = b"".join(self.token_bytes[i] or b"" for i in token_ids if 0 <= i < self.size)
         return raw.decode("utf-8", errors="replace")
 
-    def view(self, backend: str) -> Any:
-        """The vocabulary as ``backend`` takes it, made once: an ``outlines_core.Vocabulary`` or
-        an ``llguidance.LLTokenizer``."""
+    def view(self, name: str, make: Callable[[TokenTable], Any]) -> Any:
+        """The vocabulary as grammar engine ``name`` takes it: ``make(self)``, made once."""
         with self._lock:
-            if backend not in self._views:
-                self._views[backend] = self._make_view(backend)
-            return self._views[backend]
-
-    def _make_view(self, backend: str) -> Any:
-        if backend == "outlines_core":
-            import outlines_core
-
-            by_bytes: dict[bytes, list[int]] = {}
-            for token_id, raw in enumerate(self.token_bytes):
-                if raw:
-                    by_bytes.setdefault(raw, []).append(token_id)
-            # outlines_core wants an EOS id; one outside the vocabulary serves where there is none.
-            eos = self.size if self.eos_id is None else self.eos_id
-            return outlines_core.Vocabulary(eos, by_bytes)
-        llguidance = _import_llguidance()
-        table = self
-
-        class Wrapped:  # what llguidance.TokenizerWrapper reads
-            def __init__(self):
-                self.eos_token_id, self.bos_token_id = table.eos_id, None
-                self.tokens = [raw if raw is not None else f"<special {i}>".encode()
-                               for i, raw in enumerate(table.token_bytes)]
-                self.special_token_ids = [i for i, raw in enumerate(table.token_bytes)
-                                          if raw is None]
-
-            def __call__(self, text: bytes) -> list[int]:
-                return table.encode(text.decode("utf-8", errors="replace"))
-
-        return llguidance.LLTokenizer(llguidance.TokenizerWrapper(Wrapped()))
-
-
-def _import_llguidance():
-    try:
-        import llguidance
-    except ImportError as error:
-        raise DispatchError("the llguidance grammar backend is not installed: "
-                            "`pip install llguidance`, or pass backend='outlines_core'") from error
-    return llguidance
+            if name not in self._views:
+                self._views[name] = make(self)
+            return self._views[name]
 
 
 def _token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[bytes | None]:
