@@ -112,6 +112,30 @@ def make_parser() -> argparse.ArgumentParser:
     export.add_argument("--merged", metavar="OUT", help="write the base model with the adapter merged in here")
     export.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     export.set_defaults(handler=_export)
+
+    serve = commands.add_parser(
+        "serve", help="serve distilled functions behind an OpenAI-compatible HTTP API",
+        epilog="examples:\n"
+        "  localdistil serve runs/extract_order mult=runs/three_digit_multiply\n"
+        "  localdistil serve runs/extract_order --base smollm2-135m --port 8080\n"
+        "  localdistil serve runs/extract_order --host 0.0.0.0 --api-key \"$KEY\"",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("adapters", nargs="*", metavar="[NAME=]RUN",
+                       help="a run or adapter directory, served as NAME (default: the "
+                       "function's name)")
+    serve.add_argument("--base", action="append", metavar="[NAME=]MODEL",
+                       help="also serve a base model (alias, hub id, directory or .gguf) for "
+                       "schema-constrained generation; repeatable")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every request")
+    serve.add_argument("--max-batch", type=int, default=8,
+                       help="most concurrent requests per model decoded together (default 8)")
+    serve.add_argument("--batch-wait-ms", type=float, default=5.0,
+                       help="how long a request waits for others to batch with (default 5)")
+    serve.set_defaults(handler=_serve)
     return parser
 
 
@@ -185,8 +209,14 @@ def _records_stats(args: argparse.Namespace) -> int:
         print(f"  records          {summary.records}")
         print(f"  distinct inputs  {summary.distinct_inputs}")
         if summary.without_args:
-            print(f"  prompt only      {summary.without_args} (arguments not recoverable; trained on the recorded prompt)")
-        print(f"  formats          {', '.join(f'{k} {v}' for k, v in sorted(summary.formats.items()))}")
+            print(f"  prompt only      {summary.without_args} (arguments not recoverable: these "
+                  "train on the prompt as recorded, not in the recipe's prompt style)")
+            for problem in summary.unknown_args[:20]:
+                print(f"    {problem}")
+            if len(summary.unknown_args) > 20:
+                print(f"    ... and {len(summary.unknown_args) - 20} more")
+        formats = ", ".join(f"{k} {v}" for k, v in sorted(summary.formats.items()))
+        print(f"  formats          {formats}")
         for schema, count in sorted(summary.schemas.items()):
             print(f"  output schema    {schema}: {count}")
     if record_set.problems:
@@ -233,6 +263,14 @@ def _export(args: argparse.Namespace) -> int:
         out = export_merged(args.run, args.merged, overwrite=args.overwrite)
         print(f"merged model  {out}  (AutoModelForCausalLM.from_pretrained, or: vllm serve {out})")
     print(f"serve the adapter unmerged with vLLM:\n  {command}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from localdistil.serve import serve
+
+    serve(args.adapters, base=args.base, host=args.host, port=args.port, api_key=args.api_key,
+          max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
     return 0
 
 

@@ -21,7 +21,8 @@ def test_importing_and_tracing_loads_no_heavy_library():
         "@localdistil.Instructions().distil\n"
         "def f(x: int) -> M:\n    return M(x=x)\n"
         "f(1)\n"
-        "heavy = {'torch', 'transformers', 'trl', 'peft', 'datasets', 'outlines', 'accelerate'}\n"
+        "heavy = {'torch', 'transformers', 'trl', 'peft', 'datasets', 'outlines', 'accelerate',\n"
+        "         'fastapi', 'uvicorn', 'starlette'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

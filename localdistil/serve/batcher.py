@@ -1,0 +1,186 @@
+"""Concurrent requests for one model, decoded together.
+
+A request submits its prompt and waits. One task per served model collects what arrives within
+``wait_s`` of the first (at most ``max_batch`` items), groups it by what must be the same across
+a batch (the engine, the schema, the token budget and the sampling settings), and answers each
+group with ONE engine call in a worker thread, so the event loop never waits on generation.
+Whatever arrives while a batch decodes is the next batch.
+
+On a CPU, concurrent forward passes only compete for the same cores; batching is how concurrent
+clients share the model (see the README's *Benchmarks*). The engine gives one outcome per item,
+so one item's failure is that item's; should an engine call raise, its items are answered again
+one by one so that only the item at fault gets the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from localdistil.inference.engine import Engine, Outcome
+from localdistil.spec import schema_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decode:
+    """What one item is decoded under; items of a batch share all of it."""
+
+    engine: Engine
+    schema: dict[str, Any]
+    budget: int
+    temperature: float = 0.0
+    seed: int | None = None
+
+    def key(self) -> tuple[Any, ...]:
+        return (id(self.engine), schema_hash(self.schema), self.budget, self.temperature,
+                self.seed)
+
+
+@dataclasses.dataclass
+class _Job:
+    prompt: list[int]
+    decode: Decode
+    future: asyncio.Future[Outcome]
+
+
+class Batcher:
+    """Batches one model's concurrent requests (see the module's docstring).
+
+    Args:
+        max_batch: the most items decoded in one engine call.
+        wait_s: how long the first item of a batch waits for others.
+
+    Attributes:
+        calls: engine calls made so far.
+        items: items answered so far (``items / calls`` is the mean batch size).
+    """
+
+    def __init__(self, *, max_batch: int = 8, wait_s: float = 0.005):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        self.max_batch = max_batch
+        self.wait_s = max(0.0, wait_s)
+        self.calls = 0
+        self.items = 0
+        self._pending: list[_Job] = []
+        self._arrived: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, prompt: Sequence[int], decode: Decode) -> Outcome:
+        """The outcome of one prompt, decoded in a batch with whatever arrives with it.
+
+        Raises:
+            Exception: what the engine raised for this item alone.
+        """
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._arrived = asyncio.Event()
+            self._task = loop.create_task(self._run())
+        job = _Job(list(prompt), decode, loop.create_future())
+        self._pending.append(job)
+        assert self._arrived is not None
+        self._arrived.set()
+        return await job.future
+
+    async def close(self) -> None:
+        """Stop the batching task (the app's shutdown); waiting requests get an error."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for job in self._pending:
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("the server is shutting down"))
+        self._pending.clear()
+
+    async def _run(self) -> None:
+        arrived = self._arrived
+        assert arrived is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await arrived.wait()
+            deadline = loop.time() + self.wait_s
+            while len(self._pending) < self.max_batch:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                arrived.clear()
+                try:
+                    await asyncio.wait_for(arrived.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+            jobs, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+            if not self._pending:
+                arrived.clear()
+            try:
+                await self._answer([job for job in jobs if not job.future.done()])
+            except Exception:  # never let the batching task die: log, fail the batch, go on
+                log.exception("batch failed")
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(RuntimeError("the batch failed"))
+
+    async def _answer(self, jobs: list[_Job]) -> None:
+        groups: dict[tuple[Any, ...], list[_Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.decode.key(), []).append(job)
+        for group in groups.values():
+            try:
+                outcomes = await asyncio.to_thread(self._decode, group)
+            except Exception as error:
+                if len(group) == 1:
+                    _settle(group[0], error=error)
+                    continue
+                for job in group:  # only the item at fault gets the error
+                    try:
+                        (outcome,) = await asyncio.to_thread(self._decode, [job])
+                    except Exception as alone:
+                        _settle(job, error=alone)
+                    else:
+                        _settle(job, outcome=outcome)
+                continue
+            for job, outcome in zip(group, outcomes):
+                _settle(job, outcome=outcome)
+
+    def _decode(self, jobs: list[_Job]) -> list[Outcome]:
+        """One engine call for a group (in a worker thread)."""
+        decode = jobs[0].decode
+        prompts = [job.prompt for job in jobs]
+        self.calls += 1
+        self.items += len(jobs)
+        if decode.temperature <= 0:
+            return decode.engine.answer(prompts, schema=decode.schema,
+                                        max_new_tokens=decode.budget)
+        seed = decode.seed if decode.seed is not None else random.randrange(2**31)
+        results = decode.engine.generate(decode.schema, prompts, max_new_tokens=decode.budget,
+                                         temperature=decode.temperature, seed=seed)
+        return [_sampled(result, len(prompt)) for result, prompt in zip(results, prompts)]
+
+
+def _sampled(result: Any, prompt_tokens: int) -> Outcome:
+    """The outcome of a sampled generation (``engine.answer`` decodes greedily)."""
+    counts = {"prompt_tokens": prompt_tokens, "completion_tokens": result.token_count}
+    if not result.finished:
+        return Outcome("budget", result.text, **counts)
+    try:
+        return Outcome("ok", result.text, value=json.loads(result.text), **counts)
+    except ValueError as error:
+        return Outcome("invalid", result.text, error=str(error), **counts)
+
+
+def _settle(job: _Job, *, outcome: Outcome | None = None, error: Exception | None = None) -> None:
+    if job.future.done():  # the client went away
+        return
+    if error is not None:
+        job.future.set_exception(error)
+    else:
+        job.future.set_result(outcome)  # type: ignore[arg-type]
