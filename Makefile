@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 TORCH_INDEX ?=
 
-.PHONY: install demo demo-quick test test-fast bench clean
+.PHONY: install demo demo-quick lint test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,10 @@ demo: install
 demo-quick: install
 	$(BIN)/python examples/demo.py --quick
 
-test: install
+lint: install
+	$(BIN)/ruff check localdistil tests bench examples
+
+test: lint
 	$(BIN)/python -m pytest
 
 test-fast: install
