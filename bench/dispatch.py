@@ -71,7 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", help="a multiply training run to use (default: train one)")
     parser.add_argument("--calls", type=int, default=6, help="calls timed per measurement")
-    parser.add_argument("--extract-run", help="also compare latency on the extraction example's Order, with "
+    parser.add_argument("--extract-run",
+                        help="also compare latency on the extraction example's Order, with "
                         "this extract_order training run (e.g. runs/extract_order)")
     args = parser.parse_args()
 
@@ -116,17 +117,23 @@ def main() -> None:
         def unconstrained():
             with torch.inference_mode():
                 model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_tokens,
-                               min_new_tokens=n_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                               min_new_tokens=n_tokens, do_sample=False,
+                               pad_token_id=tokenizer.pad_token_id)
 
         prefix = PromptPrefix()
-        generate_json(model, tokenizer, grammar, [loaded.call_prompt(b) for b in bound[:2]], max_new_tokens=64,
-                      prefix=prefix)  # learns the prefix the prompts share
+        # learns the prefix the prompts share
+        generate_json(model, tokenizer, grammar, [loaded.call_prompt(b) for b in bound[:2]],
+                      max_new_tokens=64, prefix=prefix)
 
         def constrained(**options):
-            return lambda: generate_json(model, tokenizer, grammar, [prompt], max_new_tokens=64, **options)
+            return lambda: generate_json(
+                model, tokenizer, grammar, [prompt], max_new_tokens=64, **options
+            )
 
         plain_s = statistics.median(timed(unconstrained, args.calls))
-        step_s = statistics.median(timed(constrained(fast_forward=False, prompt_lookup=0), args.calls))
+        step_s = statistics.median(
+            timed(constrained(fast_forward=False, prompt_lookup=0), args.calls)
+        )
         ff_s = statistics.median(timed(constrained(prompt_lookup=0), args.calls))
         lookup_s = statistics.median(timed(constrained(), args.calls))  # the default lookup
         prefix_s = statistics.median(timed(constrained(prefix=prefix), args.calls))
@@ -137,13 +144,19 @@ def main() -> None:
         if args.extract_run:
             import importlib.util
 
-            found = importlib.util.spec_from_file_location("order_task", EXAMPLE.parent / "extract_order" / "task.py")
+            found = importlib.util.spec_from_file_location(
+                "order_task", EXAMPLE.parent / "extract_order" / "task.py"
+            )
             order_task = sys.modules["order_task"] = importlib.util.module_from_spec(found)
             found.loader.exec_module(order_task)
-            extract = Instructions().distil(model=args.extract_run, mode="dispatch")(order_task.extract_order)
+            extract = Instructions().distil(model=args.extract_run, mode="dispatch")(
+                order_task.extract_order
+            )
             order_calls = order_task.inputs(args.calls + 1, seed=11)
             extract(**order_calls[-1])  # warm
-            extraction = versus_outlines(extract, order_calls[:-1], Engine.for_adapter(args.extract_run))
+            extraction = versus_outlines(
+                extract, order_calls[:-1], Engine.for_adapter(args.extract_run)
+            )
 
         # -- batch 8 vs batch 1 ------------------------------------------------------------------
         eight = inputs(8, seed=5)
@@ -151,14 +164,19 @@ def main() -> None:
         batch_s = statistics.median(timed(lambda: fn.batch(eight), 2))
 
     print(f"\nSmolLM2-135M + LoRA (merged), CPU, {torch.get_num_threads()} threads; medians")
-    print(f"prompt tokens          localdistil {statistics.fmean(compact):.0f}, instructor {statistics.fmean(full):.0f}"
+    print(f"prompt tokens          localdistil {statistics.fmean(compact):.0f}, "
+          f"instructor {statistics.fmean(full):.0f}"
           f"   ratio {statistics.fmean(compact) / statistics.fmean(full):.0%}   (target <= 50%)")
     print(f"per generated token    unconstrained {plain_s / n_tokens * 1000:.1f} ms, constrained "
-          f"{step_s / n_tokens * 1000:.1f} ms step by step, {ff_s / n_tokens * 1000:.1f} ms with fast-forward")
-    print(f"  constrained / unconstrained   {step_s / plain_s:.2f}x step by step, {ff_s / plain_s:.2f}x with fast-forward"
+          f"{step_s / n_tokens * 1000:.1f} ms step by step, "
+          f"{ff_s / n_tokens * 1000:.1f} ms with fast-forward")
+    print(f"  constrained / unconstrained   {step_s / plain_s:.2f}x step by step, "
+          f"{ff_s / plain_s:.2f}x with fast-forward"
           "   (target <= 1.05x)")
-    print(f"per call, generation   step by step {step_s * 1000:.0f} ms, fast-forward {ff_s * 1000:.0f} ms, "
-          f"+ prompt lookup {lookup_s * 1000:.0f} ms, + shared prefix cached ({len(prefix.tokens)} of "
+    print(f"per call, generation   step by step {step_s * 1000:.0f} ms, "
+          f"fast-forward {ff_s * 1000:.0f} ms, "
+          f"+ prompt lookup {lookup_s * 1000:.0f} ms, "
+          f"+ shared prefix cached ({len(prefix.tokens)} of "
           f"{len(prompt)} prompt tokens) {prefix_s * 1000:.0f} ms (the dispatch default)")
     print(f"first-call setup       localdistil grammar {grammar_setup * 1000:.0f} ms")
     for backend, value in setups.items():
@@ -167,15 +185,20 @@ def main() -> None:
     print_latency("Multiply", dispatch_s, outlines_latency)
     if extraction:
         print_latency("Order (extract_order)", extraction[0], extraction[2])
-    print(f"batch 8 vs batch 1     {8 / batch_s:.2f} vs {8 / one_s:.2f} calls/s   ratio {one_s / batch_s:.2f}x   (target >= 3x)")
+    print(f"batch 8 vs batch 1     {8 / batch_s:.2f} vs {8 / one_s:.2f} calls/s   "
+          f"ratio {one_s / batch_s:.2f}x   (target >= 3x)")
 
 
 def instructor_messages(spec, bound: list[dict]) -> list[list[dict]]:
     """instructor's messages for these calls: its system prompt and ``Return `name(args)```."""
     from localdistil.prompts import render_messages
 
-    prompts = [render_messages(name=spec.name, args=b, style="full", signature=spec.signature, doc=spec.doc)
-               for b in bound]
+    prompts = [
+        render_messages(
+            name=spec.name, args=b, style="full", signature=spec.signature, doc=spec.doc
+        )
+        for b in bound
+    ]
     for messages, b in zip(prompts, bound):  # instructor's exact user text
         messages[1]["content"] = f"Return `{spec.name}({', '.join(str(v) for v in b.values())})`"
     return prompts
@@ -190,7 +213,10 @@ def versus_outlines(fn, calls: list[dict], loaded) -> tuple[float, dict, dict]:
     model, tokenizer, output_type = loaded.model, loaded.tokenizer, fn.spec.output_type
     dispatch_s = statistics.median(timed(lambda: [fn(**c) for c in calls], 1)) / len(calls)
     messages = instructor_messages(fn.spec, [fn.spec.bind((), c) for c in calls])
-    texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
+    texts = [
+        tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
+        for m in messages
+    ]
     budget = loaded.default_budget
     outlines_model = outlines.from_transformers(model, tokenizer)
     setups, latency = {}, {}
@@ -215,7 +241,8 @@ def print_latency(title: str, dispatch_s: float, latency: dict) -> None:
         if backend.endswith(" valid"):
             continue
         print(f"                       Outlines Generator ({backend}) {value * 1000:.0f} ms,"
-              f" valid {latency[backend + ' valid']:.0%}   ratio {dispatch_s / value:.2f}x   (target <= 0.5x)")
+              f" valid {latency[backend + ' valid']:.0%}   ratio {dispatch_s / value:.2f}x"
+              "   (target <= 0.5x)")
 
 
 def _valid(output_type, text: str) -> bool:

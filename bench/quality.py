@@ -38,7 +38,9 @@ def untrained_copy(adapter: Path, into: Path) -> Path:
     copy = into / "adapter"
     shutil.copytree(adapter, copy)
     weights = load_file(str(copy / "adapter_model.safetensors"))
-    zeroed = {name: tensor.zero_() if "lora_B" in name else tensor for name, tensor in weights.items()}
+    zeroed = {
+        name: tensor.zero_() if "lora_B" in name else tensor for name, tensor in weights.items()
+    }
     save_file(zeroed, str(copy / "adapter_model.safetensors"), metadata={"format": "pt"})
     return copy
 
@@ -73,14 +75,18 @@ def measure(example: str, limit: int | None, batch_size: int) -> list[dict] | st
     held_out = [r for r in select_records(recipe).eval if r.args is not None][:limit]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, adapter in (("trained", adapter_dir(run)), ("untrained", untrained_copy(adapter_dir(run), Path(tmp)))):
+        for label, adapter in (
+            ("trained", adapter_dir(run)),
+            ("untrained", untrained_copy(adapter_dir(run), Path(tmp))),
+        ):
             report = evaluate(adapter, held_out, batch_size=batch_size)
             row = {"example": example, "model": label, "calls": report.examples,
                    "exact": report.exact_match, "valid": report.valid_rate, "fields": report.fields}
             if example == "three_digit_multiply":
                 row["digits"] = digit_accuracy(report.samples, "result")
             rows.append(row)
-            print(f"  {example} {label}: exact {report.exact_match:.1%}, valid {report.valid_rate:.1%}",
+            print(f"  {example} {label}: exact {report.exact_match:.1%}, "
+                  f"valid {report.valid_rate:.1%}",
                   file=sys.stderr, flush=True)
     return rows
 
@@ -105,8 +111,8 @@ def main() -> None:
             fields = ", ".join(f"{name} {rate:.1%}" for name, rate in row["fields"].items())
             if "digits" in row:
                 fields += f"; result digits {row['digits']:.1%}"
-            table.append(f"| {row['example']} | {row['model']} | {row['calls']} | {row['exact']:.1%} "
-                         f"| {row['valid']:.1%} | {fields} |")
+            table.append(f"| {row['example']} | {row['model']} | {row['calls']} "
+                         f"| {row['exact']:.1%} | {row['valid']:.1%} | {fields} |")
     command = "python bench/quality.py " + " ".join(sys.argv[1:])
     print(f"\n{command.strip()}\n")
     print("\n".join(table))

@@ -27,7 +27,9 @@ from pathlib import Path
 
 from localdistil import Instructions
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "three_digit_multiply"))
+sys.path.insert(
+    0, str(Path(__file__).resolve().parent.parent / "examples" / "three_digit_multiply")
+)
 
 from task import Multiply, multiply  # noqa: E402
 
@@ -42,7 +44,11 @@ def file_logger(path: Path, name: str) -> logging.Logger:
 
 def hand_written(logger: logging.Logger):
     schema = Multiply.model_json_schema()
-    system = 'Predict the results of this function:\n\ndef multiply(a: int, b: int) -> Multiply\n"""\nMultiply two three-digit numbers.\n"""'
+    system = (
+        "Predict the results of this function:\n\n"
+        "def multiply(a: int, b: int) -> Multiply\n"
+        '"""\nMultiply two three-digit numbers.\n"""'
+    )
 
     def traced(a: int, b: int) -> Multiply:
         start = time.perf_counter()
@@ -52,11 +58,17 @@ def hand_written(logger: logging.Logger):
             "messages": [
                 {"role": "system", "content": system},
                 {"role": "user", "content": f"Return multiply(a={a}, b={b})"},
-                {"role": "assistant", "function_call": {"name": "Multiply", "arguments": result.model_dump_json()}},
+                {
+                    "role": "assistant",
+                    "function_call": {"name": "Multiply", "arguments": result.model_dump_json()},
+                },
             ],
-            "functions": [{"name": "Multiply", "description": "The result of multiply.", "parameters": schema}],
+            "functions": [
+                {"name": "Multiply", "description": "The result of multiply.", "parameters": schema}
+            ],
             "localdistil": {
-                "version": 1, "function": "bench:multiply", "args": {"a": a, "b": b}, "output": output,
+                "version": 1, "function": "bench:multiply", "args": {"a": a, "b": b},
+                "output": output,
                 "id": str(uuid.uuid4()), "ts": datetime.now(timezone.utc).isoformat(),
                 "duration_s": time.perf_counter() - start,
             },
@@ -87,15 +99,20 @@ def main() -> None:
         variants = {
             "bare": multiply,
             "hand": hand_written(file_logger(tmp_path / "hand.jsonl", "bench.hand")),
-            "traced": Instructions(name="bench", log_handlers=[logging.FileHandler(tmp_path / "traced.jsonl")]).distil(multiply),
-            "traced-path": Instructions(name="bench", path=str(tmp_path / "path.jsonl")).distil(multiply),
+            "traced": Instructions(
+                name="bench", log_handlers=[logging.FileHandler(tmp_path / "traced.jsonl")]
+            ).distil(multiply),
+            "traced-path": Instructions(
+                name="bench", path=str(tmp_path / "path.jsonl")
+            ).distil(multiply),
         }
         seconds = {name: per_call_seconds(fn, args.calls) for name, fn in variants.items()}
         sizes = {p.name: p.stat().st_size for p in tmp_path.iterdir()}
     print(f"{args.calls} calls per run, best of 5 runs; microseconds per call:")
     for name, value in seconds.items():
         print(f"  {name:<12} {value * 1e6:8.2f} us")
-    print(f"record bytes per call: hand {sizes['hand.jsonl'] // (5 * args.calls)}, traced {sizes['traced.jsonl'] // (5 * args.calls)}")
+    print(f"record bytes per call: hand {sizes['hand.jsonl'] // (5 * args.calls)}, "
+          f"traced {sizes['traced.jsonl'] // (5 * args.calls)}")
     print("ratios:")
     print(f"  traced / hand        {seconds['traced'] / seconds['hand']:.2f}x   (target <= 2.0x)")
     print(f"  traced-path / hand   {seconds['traced-path'] / seconds['hand']:.2f}x")

@@ -22,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "three_digit_multiply"))
+sys.path.insert(
+    0, str(Path(__file__).resolve().parent.parent / "examples" / "three_digit_multiply")
+)
 
 
 def trace(path: Path, n: int) -> None:
@@ -37,7 +39,9 @@ def trace(path: Path, n: int) -> None:
     instructions.close()
 
 
-def plain_trl(model_path: Path, records: Path, steps: int, batch: int, out: Path) -> tuple[float, int]:
+def plain_trl(
+    model_path: Path, records: Path, steps: int, batch: int, out: Path
+) -> tuple[float, int]:
     """A straightforward TRL script; returns (seconds, real tokens trained)."""
     import torch
     from datasets import Dataset
@@ -54,23 +58,31 @@ def plain_trl(model_path: Path, records: Path, steps: int, batch: int, out: Path
         rows.append({
             "prompt": [{"role": "system", "content": COMPACT_SYSTEM},
                        {"role": "user", "content": f"multiply({call})"}],
-            "completion": [{"role": "assistant", "content": json.dumps(block["output"], separators=(",", ":"))}],
+            "completion": [{
+                "role": "assistant",
+                "content": json.dumps(block["output"], separators=(",", ":")),
+            }],
         })
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
-    config = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=2e-4,
-                       logging_steps=steps, save_strategy="no", report_to="none", use_cpu=True, max_length=256,
-                       disable_tqdm=True, seed=0)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
-                                                task_type="CAUSAL_LM"))
+    config = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch,
+                       learning_rate=2e-4, logging_steps=steps, save_strategy="no",
+                       report_to="none", use_cpu=True, max_length=256, disable_tqdm=True, seed=0)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer,
+                         peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
+                                                target_modules="all-linear", task_type="CAUSAL_LM"))
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    return seconds, int(max(h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h))
+    return seconds, int(
+        max(h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h)
+    )
 
 
-def localdistil_train(model: str, records: Path, steps: int, batch: int, out: Path, **train_options) -> tuple[float, int]:
+def localdistil_train(
+    model: str, records: Path, steps: int, batch: int, out: Path, **train_options
+) -> tuple[float, int]:
     from localdistil.training.recipe import parse_recipe
     from localdistil.training.train import train
 
@@ -107,21 +119,29 @@ def main() -> None:
         localdistil_train(args.model, records, 2, args.batch, tmp_path / "warmup")
         results = {
             "plain TRL": plain_trl(model_path, records, args.steps, args.batch, tmp_path / "trl"),
-            "localdistil": localdistil_train(args.model, records, args.steps, args.batch, tmp_path / "ld"),
-            "localdistil padding_free": localdistil_train(args.model, records, args.steps, args.batch, tmp_path / "pf", padding_free=True),
+            "localdistil": localdistil_train(
+                args.model, records, args.steps, args.batch, tmp_path / "ld"
+            ),
+            "localdistil padding_free": localdistil_train(
+                args.model, records, args.steps, args.batch, tmp_path / "pf", padding_free=True
+            ),
         }
         if not args.skip_packing:
-            results["localdistil packing"] = localdistil_train(args.model, records, args.steps, args.batch,
-                                                               tmp_path / "pk", packing=True)
+            results["localdistil packing"] = localdistil_train(
+                args.model, records, args.steps, args.batch, tmp_path / "pk", packing=True
+            )
     rates = {name: tokens / seconds for name, (seconds, tokens) in results.items()}
     print(f"\n{args.model}, LoRA r16 all-linear, batch {args.batch}, {args.steps} steps, fp32 CPU")
     for name, (seconds, tokens) in results.items():
         print(f"  {name:<26} {seconds:7.2f} s  {tokens:6d} tokens  {rates[name]:7.1f} tok/s")
     print("ratios:")
-    print(f"  localdistil / plain TRL          {rates['localdistil'] / rates['plain TRL']:.2f}x   (target >= 1.0x)")
-    print(f"  padding_free / default           {rates['localdistil padding_free'] / rates['localdistil']:.2f}x")
+    print(f"  localdistil / plain TRL          "
+          f"{rates['localdistil'] / rates['plain TRL']:.2f}x   (target >= 1.0x)")
+    print(f"  padding_free / default           "
+          f"{rates['localdistil padding_free'] / rates['localdistil']:.2f}x")
     if "localdistil packing" in rates:
-        print(f"  packing / default                {rates['localdistil packing'] / rates['localdistil']:.2f}x   (target >= 1.5x)")
+        print(f"  packing / default                "
+              f"{rates['localdistil packing'] / rates['localdistil']:.2f}x   (target >= 1.5x)")
 
 
 if __name__ == "__main__":

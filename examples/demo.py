@@ -35,7 +35,9 @@ def run(*args: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run: 100 records, 10 steps")
+    parser.add_argument(
+        "--quick", action="store_true", help="a short smoke run: 100 records, 10 steps"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     calls = "100" if args.quick else "500"

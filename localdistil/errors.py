@@ -107,7 +107,13 @@ class AdapterMismatchError(AdapterError):
         changes: what differs, e.g. ``{"fingerprint": (trained, now)}``.
     """
 
-    def __init__(self, message: str, *, path: str | Path | None = None, changes: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | Path | None = None,
+        changes: dict[str, Any] | None = None,
+    ):
         self.changes = dict(changes or {})
         super().__init__(message, path=path)
 
@@ -121,7 +127,14 @@ class DispatchError(LocaldistilError):
         adapter: the adapter directory that answered.
     """
 
-    def __init__(self, message: str, *, function: str | None = None, raw_output: str | None = None, adapter: str | Path | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        function: str | None = None,
+        raw_output: str | None = None,
+        adapter: str | Path | None = None,
+    ):
         self.function = function
         self.raw_output = raw_output
         self.adapter = None if adapter is None else str(adapter)

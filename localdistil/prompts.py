@@ -110,7 +110,9 @@ def encode_prompt(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
     Training and dispatch both call this, so the model answers from exactly the context it
     was trained on.
     """
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     if isinstance(ids, dict) or hasattr(ids, "keys"):
         ids = ids["input_ids"]
     return list(ids)

@@ -170,7 +170,9 @@ class FunctionSpec:
 
         hints = _resolved_hints(fn)
         output_type = hints.get("return", signature.return_annotation)
-        where = ".".join(filter(None, [getattr(fn, "__module__", None), getattr(fn, "__qualname__", fn_name)]))
+        where = ".".join(
+            filter(None, [getattr(fn, "__module__", None), getattr(fn, "__qualname__", fn_name)])
+        )
         if output_type is inspect.Signature.empty:
             raise DecorationError(
                 f"{where} has no return annotation. Annotate it with the Pydantic model it "

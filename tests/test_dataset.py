@@ -9,9 +9,9 @@ from pydantic import BaseModel
 
 from localdistil import DatasetError, Instructions, RecipeError
 from localdistil.cli import main
-from localdistil.training.dataset import build_dataset, format_report, select_records
 from localdistil.models.resolve import load_tokenizer
 from localdistil.prompts import encode_prompt, render_messages
+from localdistil.training.dataset import build_dataset, format_report, select_records
 from localdistil.training.recipe import parse_recipe
 
 
@@ -38,7 +38,9 @@ def trace_multiply(path, calls, *, name="multiply"):
 
 
 def recipe_for(model, train, **data):
-    return parse_recipe({"model": str(model), "data": {"train": train, **data}, "train": {"seed": 0}})
+    return parse_recipe(
+        {"model": str(model), "data": {"train": train, **data}, "train": {"seed": 0}}
+    )
 
 
 @pytest.fixture
@@ -91,9 +93,13 @@ def test_several_functions_need_data_function(tmp_path, tiny_model_dir):
     path = tmp_path / "mixed.jsonl"
     trace_multiply(path, [(1, 2), (3, 4)], name="multiply")
     trace_multiply(path, [(5, 6)], name="times")
-    with pytest.raises(DatasetError, match=r"several functions: multiply \(2\), times \(1\). Set data.function"):
+    with pytest.raises(
+        DatasetError, match=r"several functions: multiply \(2\), times \(1\). Set data.function"
+    ):
         select_records(recipe_for(tiny_model_dir, [str(path)], eval_fraction=0))
-    chosen = select_records(recipe_for(tiny_model_dir, [str(path)], eval_fraction=0, function="times"))
+    chosen = select_records(
+        recipe_for(tiny_model_dir, [str(path)], eval_fraction=0, function="times")
+    )
     assert [r.args for r in chosen.train] == [{"a": 5, "b": 6}] and chosen.other_functions == 2
     with pytest.raises(DatasetError, match="data.function: no record of 'divide'.*multiply, times"):
         select_records(recipe_for(tiny_model_dir, [str(path)], function="divide"))
@@ -116,7 +122,9 @@ def test_only_the_newest_output_schema_is_kept(tmp_path, tiny_model_dir):
 def test_empty_or_missing_data_fail_naming_the_key(tmp_path, tiny_model_dir):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("{broken\n")
-    with pytest.raises(DatasetError, match=r"data.train: .*empty.jsonl holds no valid records \(1 invalid line"):
+    with pytest.raises(
+        DatasetError, match=r"data.train: .*empty.jsonl holds no valid records \(1 invalid line"
+    ):
         select_records(recipe_for(tiny_model_dir, [str(empty)]))
     with pytest.raises(RecipeError) as caught:
         select_records(recipe_for(tiny_model_dir, [str(tmp_path / "nothing-*.jsonl")]))
@@ -147,14 +155,19 @@ def test_examples_over_max_length_are_left_out_and_reported(tmp_path, tiny_model
 
     echo("short")
     echo("word " * 200)
-    recipe = parse_recipe({"model": str(tiny_model_dir), "data": {"train": [str(path)], "eval_fraction": 0},
-                           "train": {"max_length": 120}})
+    recipe = parse_recipe({
+        "model": str(tiny_model_dir),
+        "data": {"train": [str(path)], "eval_fraction": 0},
+        "train": {"max_length": 120},
+    })
     data = build_dataset(select_records(recipe), load_tokenizer(tiny_model_dir), recipe)
     assert data.report.too_long == 1 and len(data.train) == 1
     assert "long.jsonl:2 (" in data.report.too_long_example
     assert "1 example(s) over train.max_length left out" in format_report(data.report)
     tiny = parse_recipe({**recipe.as_dict(), "train": {"max_length": 10}})
-    with pytest.raises(DatasetError, match="train.max_length: all 2 training examples are longer than 10"):
+    with pytest.raises(
+        DatasetError, match="train.max_length: all 2 training examples are longer than 10"
+    ):
         build_dataset(select_records(tiny), load_tokenizer(tiny_model_dir), tiny)
 
 

@@ -49,11 +49,19 @@ def launch(*args: str, processes: int = 2) -> subprocess.CompletedProcess[str]:
     (``--cpu`` would start a single process). The environment, LOCALDISTIL_HOME and
     HF_HUB_OFFLINE included, is the test's.
     """
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    command = [sys.executable, "-m", "accelerate.commands.launch",
+               "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), "-m", "localdistil", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, check=False)
+    return subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=240, check=False
+    )
 
 
 def test_two_processes_train_one_adapter_written_once(recipe_file, tiny_model_dir, tmp_path):
@@ -72,7 +80,8 @@ def test_two_processes_train_one_adapter_written_once(recipe_file, tiny_model_di
     assert metrics["eval"]["examples"] == 2
     assert sorted(p.name for p in out.iterdir()) == [
         "adapter", "checkpoints", "eval.json", "eval.md", "loss.png", "metrics.json", "recipe.yaml"]
-    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == [
+        "checkpoint-3", "checkpoint-6"]
 
     manifest = read_manifest(out)
     assert manifest.metrics["steps"] == 6 and manifest.base_model == str(tiny_model_dir)
@@ -81,7 +90,9 @@ def test_two_processes_train_one_adapter_written_once(recipe_file, tiny_model_di
 
     ids = torch.tensor([[1, 5, 6, 7, 8]])
     base_logits = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))(ids).logits
-    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(out / "adapter"))
+    tuned = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(out / "adapter")
+    )
     assert not torch.allclose(tuned(ids).logits, base_logits)
 
     # every process refuses an existing output.dir before the main one could touch it
@@ -90,10 +101,15 @@ def test_two_processes_train_one_adapter_written_once(recipe_file, tiny_model_di
     assert refused.stderr.count("already exists. Pass --overwrite") == 2
     assert json.loads((out / "metrics.json").read_text()) == metrics
 
-    resumed = launch("train", str(recipe_file), "train.max_steps=9", "train.eval_samples=0", "--resume")
+    resumed = launch(
+        "train", str(recipe_file), "train.max_steps=9", "train.eval_samples=0", "--resume"
+    )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 9 and [p["step"] for p in metrics["train_loss"]] == list(range(1, 10))
+    assert (
+        metrics["steps"] == 9
+        and [p["step"] for p in metrics["train_loss"]] == list(range(1, 10))
+    )
     assert read_manifest(out).recipe["train"]["max_steps"] == 9
     assert not list(out.glob(".adapter.*"))  # no staging directory left behind
 
@@ -104,7 +120,10 @@ def test_every_accelerate_config_is_valid_and_says_how_to_run_it(path):
 
     config = load_config_from_file(str(path))
     first_line = path.read_text(encoding="utf-8").splitlines()[0]
-    assert first_line.startswith(f"# accelerate launch --config_file recipes/accelerate/{path.name} -m localdistil train recipes/")
+    assert first_line.startswith(
+        f"# accelerate launch --config_file recipes/accelerate/{path.name} "
+        "-m localdistil train recipes/"
+    )
     recipe = first_line.split()[-1]
     assert (ACCELERATE_CONFIGS.parents[1] / recipe).is_file()
     assert config.mixed_precision == "no"  # the recipe's train.precision decides

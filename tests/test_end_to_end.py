@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from localdistil import Instructions, read_records
-from localdistil.models.adapter import read_manifest
 from localdistil.cli import main
+from localdistil.models.adapter import read_manifest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "three_digit_multiply"))
+sys.path.insert(
+    0, str(Path(__file__).resolve().parent.parent / "examples" / "three_digit_multiply")
+)
 
 from task import Multiply, multiply  # noqa: E402  the seed example itself
 
@@ -36,7 +38,8 @@ def trained_run(smollm2_home, tmp_path_factory):
         "# python -m localdistil train multiply.yaml\n"
         "model: smollm2-135m\n"
         f"data: {{train: [{traces}], function: multiply, eval_fraction: 0.1}}\n"
-        "train: {max_steps: 8, batch_size: 8, learning_rate: 1.0e-3, logging_steps: 1, save_steps: 4, eval_samples: 8}\n"
+        "train: {max_steps: 8, batch_size: 8, learning_rate: 1.0e-3, logging_steps: 1, "
+        "save_steps: 4, eval_samples: 8}\n"
         f"output: {{dir: {root / 'run'}}}\n"
     )
     assert main(["dataset", str(recipe), "--out", str(root / "dataset")]) == 0

@@ -18,8 +18,14 @@ from localdistil import AdapterMismatchError, FunctionSpec
 from localdistil.inference.dispatch import Dispatcher
 from localdistil.inference.engine import Engine, Outcome, _outcome
 from localdistil.inference.generate import GenerationResult
-from localdistil.models.adapter import (MANIFEST_NAME, Manifest, check_compatible, read_manifest,
-                                        tokenizer_hash, write_manifest)
+from localdistil.models.adapter import (
+    MANIFEST_NAME,
+    Manifest,
+    check_compatible,
+    read_manifest,
+    tokenizer_hash,
+    write_manifest,
+)
 from localdistil.prompts import PROMPT_VERSION
 
 
@@ -29,7 +35,9 @@ class Flags(BaseModel):
 
 
 # the same model with its two fields the other way round
-FlagsReordered = create_model("Flags", kind=(Literal["bug", "question"], "bug"), urgent=(bool, False))
+FlagsReordered = create_model(
+    "Flags", kind=(Literal["bug", "question"], "bug"), urgent=(bool, False)
+)
 
 
 def triage(text: str) -> Flags:
@@ -52,7 +60,8 @@ def _manifest_for(spec: FunctionSpec, tokenizer, model_dir) -> Manifest:
         base_model=str(model_dir), base_model_path=str(model_dir),
         base_model_hash=model_content_hash(model_dir), tokenizer_hash=tokenizer_hash(tokenizer),
         function=spec.qualname, name=spec.name, signature=spec.signature, doc=spec.doc,
-        fingerprint=spec.fingerprint, output_schema=spec.output_schema, schema_hash=spec.schema_hash,
+        fingerprint=spec.fingerprint, output_schema=spec.output_schema,
+        schema_hash=spec.schema_hash,
         prompt_style="compact", prompt_version=PROMPT_VERSION, max_output_tokens=12, recipe={},
     )
 
@@ -91,11 +100,14 @@ def test_the_schema_hash_keeps_the_field_order():
 
 
 def test_a_reordered_field_is_a_mismatch_that_names_the_field_order(adapter):
-    with pytest.raises(AdapterMismatchError, match=r"field order of Flags changed from \(urgent, kind\) "
-                                                   r"to \(kind, urgent\)") as caught:
+    with pytest.raises(
+        AdapterMismatchError,
+        match=r"field order of Flags changed from \(urgent, kind\) to \(kind, urgent\)",
+    ) as caught:
         Dispatcher(_spec(FlagsReordered), adapter)
     assert "field_order" in caught.value.changes
-    assert Dispatcher(_spec(Flags), adapter).path == adapter  # the function it was trained for loads
+    # the function it was trained for loads
+    assert Dispatcher(_spec(Flags), adapter).path == adapter
 
 
 def test_an_old_manifest_is_checked_from_the_schema_it_stores(adapter, tmp_path):
@@ -124,8 +136,12 @@ def test_a_retrained_adapter_is_checked_before_it_answers(adapter, tmp_path):
 
     # retrained for a version of the function whose fields are in the other order
     reordered = _spec(FlagsReordered)
-    _rewrite_manifest(swapped, output_schema=reordered.output_schema, schema_hash=reordered.schema_hash,
-                      fingerprint=reordered.fingerprint)
+    _rewrite_manifest(
+        swapped,
+        output_schema=reordered.output_schema,
+        schema_hash=reordered.schema_hash,
+        fingerprint=reordered.fingerprint,
+    )
     stat = (swapped / MANIFEST_NAME).stat()
     os.utime(swapped / MANIFEST_NAME, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     with pytest.raises(AdapterMismatchError, match="field order"):
@@ -143,7 +159,9 @@ def test_a_base_model_answers_a_schema_without_an_adapter(tiny_model_dir):
     outcomes = engine.answer(prompts, output_type=Flags, max_new_tokens=24)
     assert [o.status for o in outcomes] == ["ok"] * 3
     assert all(isinstance(o.value, Flags) and o.text == o.value.model_dump_json() for o in outcomes)
-    assert all(o.prompt_tokens == len(p) and o.completion_tokens > 0 for o, p in zip(outcomes, prompts))
+    assert all(
+        o.prompt_tokens == len(p) and o.completion_tokens > 0 for o, p in zip(outcomes, prompts)
+    )
     with pytest.raises(ValueError, match="base model: pass max_new_tokens"):
         engine.answer(prompts, output_type=Flags)
     with pytest.raises(ValueError, match="base model"):

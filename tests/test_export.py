@@ -12,8 +12,8 @@ import torch
 from pydantic import BaseModel
 
 from localdistil import AdapterError, Instructions, LocaldistilError
-from localdistil.models.adapter import MANIFEST_NAME
 from localdistil.cli import main
+from localdistil.models.adapter import MANIFEST_NAME
 from localdistil.models.export import MERGED_MANIFEST_NAME, export_merged, vllm_command
 from localdistil.training.recipe import parse_recipe
 from localdistil.training.train import train
@@ -40,32 +40,47 @@ def run_dir(tiny_model_dir, tmp_path_factory):
     recipe = parse_recipe({
         "model": str(tiny_model_dir),
         "data": {"train": [str(root / "multiply.jsonl")], "eval_fraction": 0},
-        "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 2e-2, "warmup_ratio": 0, "logging_steps": 1},
+        "train": {
+            "max_steps": 4, "batch_size": 4, "learning_rate": 2e-2, "warmup_ratio": 0,
+            "logging_steps": 1,
+        },
         "output": {"dir": str(root / "run"), "plot": False},
     })
     return train(recipe).output_dir
 
 
-def test_the_merged_model_loads_plainly_and_matches_base_plus_adapter(run_dir, tiny_model_dir, tmp_path):
+def test_the_merged_model_loads_plainly_and_matches_base_plus_adapter(
+    run_dir, tiny_model_dir, tmp_path
+):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = export_merged(run_dir, tmp_path / "merged")
 
     names = {path.name for path in out.iterdir()}
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", MERGED_MANIFEST_NAME} <= names
+    assert {
+        "config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+        MERGED_MANIFEST_NAME,
+    } <= names
     assert not names & {"adapter_config.json", "adapter_model.safetensors", MANIFEST_NAME}
     assert not list(tmp_path.glob(".merged.*"))  # the staging directory was renamed into place
     provenance = json.loads((out / MERGED_MANIFEST_NAME).read_text())
-    assert provenance["manifest"]["name"] == "multiply" and provenance["merged_from"].endswith("adapter")
+    assert (
+        provenance["manifest"]["name"] == "multiply"
+        and provenance["merged_from"].endswith("adapter")
+    )
 
     ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10]])
     merged = AutoModelForCausalLM.from_pretrained(str(out)).eval()
     assert merged.dtype == torch.float32  # the base checkpoint's own dtype
-    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(run_dir / "adapter")).eval()
+    tuned = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(run_dir / "adapter")
+    ).eval()
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
     with torch.no_grad():
-        merged_logits, tuned_logits, base_logits = merged(ids).logits, tuned(ids).logits, base(ids).logits
+        merged_logits, tuned_logits, base_logits = (
+            merged(ids).logits, tuned(ids).logits, base(ids).logits
+        )
     assert torch.allclose(merged_logits, tuned_logits, atol=1e-5, rtol=1e-5)
     assert (merged_logits - base_logits).abs().max() > 1e-3  # the adapter is in there
 
@@ -96,7 +111,10 @@ def test_vllm_command_serves_the_adapter_on_its_local_base(run_dir, tiny_model_d
     assert vllm_command(run_dir / "adapter") == command
 
 
-@pytest.mark.parametrize(("rank", "max_rank"), [(1, 1), (4, 8), (16, 16), (17, 32), (64, 64), (300, 320), (512, 512)])
+@pytest.mark.parametrize(
+    ("rank", "max_rank"),
+    [(1, 1), (4, 8), (16, 16), (17, 32), (64, 64), (300, 320), (512, 512)],
+)
 def test_the_rank_is_rounded_up_to_one_vllm_accepts(run_dir, tmp_path, rank, max_rank):
     adapter = shutil.copytree(run_dir / "adapter", tmp_path / "adapter")
     config = json.loads((adapter / "adapter_config.json").read_text())
@@ -125,7 +143,9 @@ def test_a_base_model_from_the_hub_is_served_by_its_hub_id(run_dir, tmp_path):
     assert shlex.split(vllm_command(adapter))[:3] == ["vllm", "serve", "Qwen/Qwen2.5-0.5B-Instruct"]
 
 
-def test_export_command_writes_the_merged_model_and_prints_the_vllm_command(run_dir, tmp_path, capsys):
+def test_export_command_writes_the_merged_model_and_prints_the_vllm_command(
+    run_dir, tmp_path, capsys
+):
     out = tmp_path / "merged"
     assert main(["export", str(run_dir), "--merged", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -135,6 +155,8 @@ def test_export_command_writes_the_merged_model_and_prints_the_vllm_command(run_
     assert main(["export", str(run_dir), "--merged", str(out)]) == 1
     assert "already exists" in capsys.readouterr().err
     assert main(["export", str(run_dir)]) == 0  # only the command
-    assert capsys.readouterr().out.startswith("serve the adapter unmerged with vLLM:\n  vllm serve ")
+    assert capsys.readouterr().out.startswith(
+        "serve the adapter unmerged with vLLM:\n  vllm serve "
+    )
     assert main(["export", str(tmp_path / "nowhere")]) == 1
     assert "No adapter at" in capsys.readouterr().err

@@ -72,8 +72,13 @@ def test_precision_auto_trains_in_bf16(tiny_model_dir, traces, tmp_path):
 
 def test_qlora_4bit_trains_and_the_adapter_reloads(tiny_model_dir, traces, tmp_path):
     if importlib.util.find_spec("bitsandbytes") is None:
-        pytest.fail("bitsandbytes is not installed: run scripts/install-gpu.sh, or pip install -e '.[gpu]'")
-    recipe = parse_recipe(recipe_data(tiny_model_dir, traces, tmp_path / "run", quantization="4bit"))
+        pytest.fail(
+            "bitsandbytes is not installed: run scripts/install-gpu.sh, "
+            "or pip install -e '.[gpu]'"
+        )
+    recipe = parse_recipe(
+        recipe_data(tiny_model_dir, traces, tmp_path / "run", quantization="4bit")
+    )
     result = train(recipe)
 
     assert result.metrics["precision"] in {"bf16", "fp32"} and result.metrics["steps"] == 12
@@ -93,11 +98,16 @@ def _free_port() -> int:
 @pytest.mark.parametrize("config", ["ddp.yaml", "fsdp.yaml"])
 def test_two_gpus_train_one_adapter(config, tiny_model_dir, traces, tmp_path):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(recipe_data(tiny_model_dir, traces, tmp_path / "run", max_steps=6, batch_size=2)))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / config),
+    recipe.write_text(yaml.safe_dump(
+        recipe_data(tiny_model_dir, traces, tmp_path / "run", max_steps=6, batch_size=2)
+    ))
+    command = [sys.executable, "-m", "accelerate.commands.launch",
+               "--config_file", str(ACCELERATE_CONFIGS / config),
                "--num_processes", "2", "--main_process_port", str(_free_port()),
                "-m", "localdistil", "train", str(recipe)]
-    done = subprocess.run(command, env=dict(os.environ), capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        command, env=dict(os.environ), capture_output=True, text=True, timeout=600, check=False
+    )
     assert done.returncode == 0, done.stderr[-4000:]
 
     assert "x 2 processes" in done.stderr and done.stderr.count("evaluating the adapter") == 1

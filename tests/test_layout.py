@@ -98,15 +98,32 @@ def test_no_module_imports_another_in_a_cycle():
 
 def test_a_deprecation_from_a_library_localdistil_calls_fails_the_suite(fail_on_our_deprecations):
     library = {"warnings": warnings}
-    exec(compile("def old_api():\n    warnings.warn('old_api is going away', FutureWarning, stacklevel=2)\n",
-                 "/site-packages/somelib/api.py", "exec"), library)
+    exec(
+        compile(
+            "def old_api():\n"
+            "    warnings.warn('old_api is going away', FutureWarning, stacklevel=2)\n",
+            "/site-packages/somelib/api.py",
+            "exec",
+        ),
+        library,
+    )
     ours = {"old_api": library["old_api"]}
-    exec(compile("def our_call():\n    return old_api()\n", str(PACKAGE / "inference" / "fake.py"), "exec"), ours)
+    exec(
+        compile(
+            "def our_call():\n    return old_api()\n",
+            str(PACKAGE / "inference" / "fake.py"),
+            "exec",
+        ),
+        ours,
+    )
 
     with pytest.warns(FutureWarning):
         ours["our_call"]()
     assert len(fail_on_our_deprecations) == 1
-    assert "fake.py:2" in fail_on_our_deprecations[0] and "old_api is going away" in fail_on_our_deprecations[0]
+    assert (
+        "fake.py:2" in fail_on_our_deprecations[0]
+        and "old_api is going away" in fail_on_our_deprecations[0]
+    )
     fail_on_our_deprecations.clear()  # what the fixture would fail the test on
 
     with pytest.warns(FutureWarning):  # a test calling the library itself is not blamed on us

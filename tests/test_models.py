@@ -12,8 +12,8 @@ import pytest
 import torch
 from tiny_model import build_tiny_gguf, build_tiny_model
 
-from localdistil.models import resolve as models
 from localdistil.errors import ModelError
+from localdistil.models import resolve as models
 
 
 @pytest.fixture(scope="session")

@@ -25,5 +25,7 @@ def test_importing_and_tracing_loads_no_heavy_library():
         "         'fastapi', 'uvicorn', 'starlette'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"

@@ -28,7 +28,9 @@ class Multiply(BaseModel):
 
 def traced_record(tmp_path, finetune_format: str) -> dict:
     path = tmp_path / f"{finetune_format}-{len(list(tmp_path.iterdir()))}.jsonl"
-    instructions = Instructions(name="golden", id="golden-run", path=str(path), finetune_format=finetune_format)
+    instructions = Instructions(
+        name="golden", id="golden-run", path=str(path), finetune_format=finetune_format
+    )
 
     @instructions.distil
     def fn(a: int, b: int) -> Multiply:
@@ -95,9 +97,18 @@ def test_reads_instructor_messages_files():
 def test_instructor_positional_strings_without_quotes_are_recovered_from_the_annotation():
     line = json.dumps({
         "messages": [
-            {"role": "system", "content": "Predict the results of this function:\n\ndef greet(name: str) -> Greeting"},
+            {
+                "role": "system",
+                "content": (
+                    "Predict the results of this function:\n\n"
+                    "def greet(name: str) -> Greeting"
+                ),
+            },
             {"role": "user", "content": "Return `greet(Ada Lovelace)`"},
-            {"role": "assistant", "function_call": {"name": "Greeting", "arguments": '{"text": "Hi Ada"}'}},
+            {
+                "role": "assistant",
+                "function_call": {"name": "Greeting", "arguments": '{"text": "Hi Ada"}'},
+            },
         ]
     })
     record = parse_line(line)
@@ -152,16 +163,23 @@ def test_globs_directories_and_missing_paths(tmp_path):
 
 
 def test_summaries_count_records_inputs_and_schemas(tmp_path):
-    summaries = summarize_records(read_records([DATA / "instructor_messages.jsonl", DATA / "instructor_raw.jsonl"]))
+    summaries = summarize_records(
+        read_records([DATA / "instructor_messages.jsonl", DATA / "instructor_raw.jsonl"])
+    )
     (summary,) = summaries
     assert summary.function == "fn" and summary.records == 4
     assert summary.distinct_inputs == 3  # fn(540, b=677) appears in both files
     assert summary.formats == {"instructor": 3, "instructor-raw": 1}
-    assert sum(summary.schemas.values()) == 4 and all(k.startswith("Multiply (") for k in summary.schemas)
+    assert (
+        sum(summary.schemas.values()) == 4
+        and all(k.startswith("Multiply (") for k in summary.schemas)
+    )
 
 
 def test_records_stats_cli(capsys):
-    assert main(["records", "stats", str(DATA / "malformed.jsonl"), str(DATA / "openai_tools.jsonl")]) == 0
+    assert main(
+        ["records", "stats", str(DATA / "malformed.jsonl"), str(DATA / "openai_tools.jsonl")]
+    ) == 0
     out = capsys.readouterr().out
     assert "2 file(s), 3 record(s), 6 invalid line(s)" in out
     assert "malformed.jsonl:9: truncated" in out

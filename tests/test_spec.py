@@ -49,8 +49,15 @@ def fn(a: int, b: int = 7) -> Multiply:
 
 def test_positional_and_keyword_spellings_render_byte_identical_prompts():
     spec = FunctionSpec.from_function(fn)
-    spellings = [spec.bind((133, 539), {}), spec.bind((133,), {"b": 539}), spec.bind((), {"b": 539, "a": 133})]
-    texts = [render_messages(name=spec.name, args=args, style="full", signature=spec.signature) for args in spellings]
+    spellings = [
+        spec.bind((133, 539), {}),
+        spec.bind((133,), {"b": 539}),
+        spec.bind((), {"b": 539, "a": 133}),
+    ]
+    texts = [
+        render_messages(name=spec.name, args=args, style="full", signature=spec.signature)
+        for args in spellings
+    ]
     assert texts[0] == texts[1] == texts[2]
     assert texts[0][1]["content"] == "Return fn(a=133, b=539)"
 
@@ -81,9 +88,15 @@ def test_fingerprint_changes_with_signature_docstring_and_schema_but_schema_hash
     def other_schema(a: int) -> Echo:
         """Doc."""
 
-    specs = [FunctionSpec.from_function(f, name="f") for f in (base, other_doc, other_args, other_schema)]
+    specs = [
+        FunctionSpec.from_function(f, name="f")
+        for f in (base, other_doc, other_args, other_schema)
+    ]
     assert len({s.fingerprint for s in specs}) == 4
-    assert specs[0].schema_hash == specs[1].schema_hash == specs[2].schema_hash != specs[3].schema_hash
+    assert (
+        specs[0].schema_hash == specs[1].schema_hash == specs[2].schema_hash
+        != specs[3].schema_hash
+    )
 
 
 def test_rich_argument_types_become_canonical_json():
@@ -97,13 +110,15 @@ def test_rich_argument_types_become_canonical_json():
         tags: set[str],
         nested: dict[str, list[tuple[int, int]]],
         price: Decimal,
-        note: Optional[str] = None,
+        # Optional[...] on purpose: the rendered signature must keep this spelling (asserted below)
+        note: Optional[str] = None,  # noqa: UP045
     ) -> Echo: ...
 
     spec = FunctionSpec.from_function(f)
     args = spec.bind(
-        (dt.datetime(2024, 5, 1, 12, 30), dt.date(2024, 5, 2), uuid.UUID(int=1), Color.RED, Point(1.5, 2.0),
-         Address(street="1 Main St", city="Oslo"), {"zeta", "alpha", "mid"}, {"k": [(1, 2)]}, Decimal("9.99")),
+        (dt.datetime(2024, 5, 1, 12, 30), dt.date(2024, 5, 2), uuid.UUID(int=1), Color.RED,
+         Point(1.5, 2.0), Address(street="1 Main St", city="Oslo"), {"zeta", "alpha", "mid"},
+         {"k": [(1, 2)]}, Decimal("9.99")),
         {},
     )
     assert args == {
@@ -118,8 +133,15 @@ def test_rich_argument_types_become_canonical_json():
         "price": "9.99",
         "note": None,
     }
-    assert render_call("f", {"tags": args["tags"], "note": None}) == 'f(tags=["alpha","mid","zeta"], note=null)'
-    assert "Optional[str]" in spec.signature and "datetime" in spec.signature and "datetime.datetime" not in spec.signature
+    assert (
+        render_call("f", {"tags": args["tags"], "note": None})
+        == 'f(tags=["alpha","mid","zeta"], note=null)'
+    )
+    assert (
+        "Optional[str]" in spec.signature
+        and "datetime" in spec.signature
+        and "datetime.datetime" not in spec.signature
+    )
 
 
 def test_object_keys_render_sorted_so_equal_dicts_give_equal_text():
@@ -168,11 +190,14 @@ class TestDecorationErrors:
         def f(a: int) -> int:
             return a
 
-        with pytest.raises(DecorationError, match=r"returns int, which is not a Pydantic model.*value: int"):
+        with pytest.raises(
+            DecorationError, match=r"returns int, which is not a Pydantic model.*value: int"
+        ):
             Instructions().distil(f)
 
     def test_optional_model_is_refused(self):
-        def f(a: int) -> Optional[Echo]: ...
+        # the typing.Optional spelling, as user code often writes it
+        def f(a: int) -> Optional[Echo]: ...  # noqa: UP045
 
         with pytest.raises(DecorationError, match="not a Pydantic model"):
             Instructions().distil(f)
@@ -190,7 +215,10 @@ class TestDecorationErrors:
     def test_decoration_errors_are_localdistil_errors_and_type_errors(self):
         from localdistil import LocaldistilError
 
-        assert issubclass(DecorationError, LocaldistilError) and issubclass(DecorationError, TypeError)
+        assert (
+            issubclass(DecorationError, LocaldistilError)
+            and issubclass(DecorationError, TypeError)
+        )
 
 
 def test_completion_text_is_exactly_pydantics_json():
@@ -207,6 +235,9 @@ def test_completion_text_is_exactly_pydantics_json():
 
 def test_an_unresolvable_return_annotation_is_named():
     namespace: dict = {}
-    exec("def f(a: int) -> NoSuchModel: ...", namespace)  # a string annotation: this module uses PEP 563
-    with pytest.raises(DecorationError, match="^f returns 'NoSuchModel', a name localdistil cannot resolve"):
+    # a string annotation: this module uses PEP 563
+    exec("def f(a: int) -> NoSuchModel: ...", namespace)
+    with pytest.raises(
+        DecorationError, match="^f returns 'NoSuchModel', a name localdistil cannot resolve"
+    ):
         Instructions().distil(namespace["f"])

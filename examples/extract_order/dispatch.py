@@ -41,7 +41,8 @@ def main() -> None:
             print(f"  {field:<14} {want:<44} {got:<44}{'' if want == got else '  <- differs'}")
     failed = sum(isinstance(answer, DispatchError) for answer in answers)
     valid = f"{failed} without an answer" if failed else "every answer is a valid Order"
-    print(f"\n{exact}/{len(calls)} exact; {valid}; {len(calls)} calls in one batch took {seconds:.1f} s")
+    print(f"\n{exact}/{len(calls)} exact; {valid}; "
+          f"{len(calls)} calls in one batch took {seconds:.1f} s")
 
 
 def _show(value: object) -> str:

@@ -32,7 +32,8 @@ def main() -> None:
     for call, answer in zip(calls, answers):
         truth = normalize_quantity(**call)
         if isinstance(answer, DispatchError):
-            print(f"{call['text']!r:<36} {truth.value:>9g} {truth.unit.value:<4}  no answer: {answer}")
+            print(f"{call['text']!r:<36} {truth.value:>9g} {truth.unit.value:<4}  "
+                  f"no answer: {answer}")
             continue
         exact += answer == truth
         mark = "" if answer == truth else "  <- differs"
@@ -40,7 +41,8 @@ def main() -> None:
               f"{answer.value:>9g} {answer.unit.value:<4}{mark}")
     failed = sum(isinstance(answer, DispatchError) for answer in answers)
     valid = f"{failed} without an answer" if failed else "every answer is a valid Quantity"
-    print(f"{exact}/{len(calls)} exact; {valid}; {len(calls)} calls in one batch took {seconds:.1f} s")
+    print(f"{exact}/{len(calls)} exact; {valid}; "
+          f"{len(calls)} calls in one batch took {seconds:.1f} s")
 
 
 if __name__ == "__main__":

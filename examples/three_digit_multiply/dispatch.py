@@ -15,7 +15,9 @@ from localdistil import DispatchError, Instructions
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="runs/three_digit_multiply", help="the training run's output.dir")
+    parser.add_argument(
+        "--run", default="runs/three_digit_multiply", help="the training run's output.dir"
+    )
     parser.add_argument("--n", type=int, default=8, help="number of new calls")
     args = parser.parse_args()
 
@@ -31,7 +33,8 @@ def main() -> None:
     for call, answer in zip(calls, answers):
         truth = multiply(**call).result
         if isinstance(answer, DispatchError):  # an undertrained model ran out of tokens
-            print(f"multiply({call['a']}, {call['b']})     {truth:>10}  no answer within the token budget")
+            print(f"multiply({call['a']}, {call['b']})     {truth:>10}  "
+                  "no answer within the token budget")
             continue
         right = sum(x == y for x, y in zip(str(truth).rjust(6), str(answer.result).rjust(6)))
         exact += answer.result == truth
@@ -39,7 +42,8 @@ def main() -> None:
     unfinished = sum(isinstance(answer, DispatchError) for answer in answers)
     valid = (f"{unfinished} ran out of tokens, the others are valid Multiply objects" if unfinished
              else "every answer is a valid Multiply")
-    print(f"{exact}/{len(calls)} exact; {valid}; {len(calls)} calls in one batch took {seconds:.1f} s")
+    print(f"{exact}/{len(calls)} exact; {valid}; "
+          f"{len(calls)} calls in one batch took {seconds:.1f} s")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,10 @@ def compare_outputs(expected: Mapping[str, Any], got: Mapping[str, Any] | None) 
     ``got=None`` (no valid answer) agrees on nothing."""
     if got is None:
         return Comparison(exact=False, fields={key: False for key in expected})
-    return Comparison(exact=dict(expected) == dict(got), fields={key: got.get(key) == value for key, value in expected.items()})
+    return Comparison(
+        exact=dict(expected) == dict(got),
+        fields={key: got.get(key) == value for key, value in expected.items()},
+    )
 
 
 class Agreement:
@@ -50,7 +53,11 @@ class Agreement:
             return {
                 "calls": calls,
                 "exact_match": self.exact / calls if calls else None,
-                "fields": {key: count / calls for key, count in self.field_matches.items()} if calls else {},
+                "fields": (
+                    {key: count / calls for key, count in self.field_matches.items()}
+                    if calls
+                    else {}
+                ),
             }
 
     def __repr__(self) -> str:

@@ -30,7 +30,13 @@ from pydantic import BaseModel
 
 from localdistil.errors import DispatchError
 from localdistil.inference.engine import Engine, Outcome
-from localdistil.models.adapter import Manifest, adapter_dir, check_compatible, mismatch_error, read_manifest
+from localdistil.models.adapter import (
+    Manifest,
+    adapter_dir,
+    check_compatible,
+    mismatch_error,
+    read_manifest,
+)
 from localdistil.spec import FunctionSpec
 
 #: What ``on_invalid`` accepts.
@@ -72,9 +78,13 @@ class Dispatcher:
     def __init__(self, spec: FunctionSpec, model: str | Path, *, on_mismatch: str = "raise",
                  on_invalid: str = "raise", retries: int = 2, max_new_tokens: int | None = None):
         if on_invalid not in ON_INVALID:
-            raise ValueError(f"on_invalid must be one of {', '.join(ON_INVALID)}; got {on_invalid!r}.")
+            raise ValueError(
+                f"on_invalid must be one of {', '.join(ON_INVALID)}; got {on_invalid!r}."
+            )
         if on_mismatch not in ON_MISMATCH:
-            raise ValueError(f"on_mismatch must be one of {', '.join(ON_MISMATCH)}; got {on_mismatch!r}.")
+            raise ValueError(
+                f"on_mismatch must be one of {', '.join(ON_MISMATCH)}; got {on_mismatch!r}."
+            )
         self.spec = spec
         self.path = adapter_dir(model)
         self.on_mismatch = on_mismatch

@@ -26,8 +26,14 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from localdistil.models.adapter import Manifest, adapter_dir, load_merged, read_manifest, writing_directory
 from localdistil.errors import AdapterError, LocaldistilError
+from localdistil.models.adapter import (
+    Manifest,
+    adapter_dir,
+    load_merged,
+    read_manifest,
+    writing_directory,
+)
 
 #: The values vLLM's ``--max-lora-rank`` accepts (``vllm/config/lora.py``, ``MaxLoRARanks``).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -36,7 +42,9 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 MERGED_MANIFEST_NAME = "localdistil-merged.json"
 
 
-def export_merged(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+def export_merged(
+    run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
     """Merge the adapter at ``run_dir`` into its base model and save the result in ``out``.
 
     The base model is the one the adapter was trained on (its content hash is checked), loaded
@@ -58,15 +66,26 @@ def export_merged(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     directory = adapter_dir(run_dir)
     out = Path(out)
     if out.resolve() == directory.resolve() or directory.resolve() in out.resolve().parents:
-        raise LocaldistilError(f"export: write the merged model outside the adapter directory {directory}, not to {out}.")
+        raise LocaldistilError(
+            "export: write the merged model outside the adapter directory "
+            f"{directory}, not to {out}."
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise LocaldistilError(f"export: {out} already exists. Pass --overwrite to replace it, or choose another directory.")
+        raise LocaldistilError(
+            f"export: {out} already exists. "
+            "Pass --overwrite to replace it, or choose another directory."
+        )
     model, tokenizer, manifest = load_merged(directory)
     with writing_directory(out) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        provenance: dict[str, Any] = {"merged_from": str(directory.resolve()), "manifest": manifest.model_dump(mode="json")}
-        (staging / MERGED_MANIFEST_NAME).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+        provenance: dict[str, Any] = {
+            "merged_from": str(directory.resolve()),
+            "manifest": manifest.model_dump(mode="json"),
+        }
+        (staging / MERGED_MANIFEST_NAME).write_text(
+            json.dumps(provenance, indent=2) + "\n", encoding="utf-8"
+        )
     return out
 
 
@@ -82,23 +101,33 @@ def vllm_command(run_dir: str | os.PathLike[str]) -> str:
     max_rank = next((allowed for allowed in VLLM_LORA_RANKS if allowed >= rank), None)
     if max_rank is None:
         raise AdapterError(
-            f"The adapter at {directory} has LoRA rank {rank}, above the {VLLM_LORA_RANKS[-1]} vLLM serves. "
+            f"The adapter at {directory} has LoRA rank {rank}, "
+            f"above the {VLLM_LORA_RANKS[-1]} vLLM serves. "
             "Serve a merged model instead: localdistil export RUN_DIR --merged OUT.",
             path=directory,
         )
-    parts = ["vllm", "serve", _served_base(manifest), "--enable-lora",
-             "--lora-modules", f"{manifest.name}={directory.resolve()}", "--max-lora-rank", str(max_rank)]
+    parts = [
+        "vllm", "serve", _served_base(manifest), "--enable-lora",
+        "--lora-modules", f"{manifest.name}={directory.resolve()}",
+        "--max-lora-rank", str(max_rank),
+    ]
     return " ".join(shlex.quote(part) for part in parts)
 
 
 def _lora_rank(directory: Path) -> int:
-    """The largest LoRA rank in ``adapter_config.json`` (``r``, or a per-module ``rank_pattern``)."""
+    """The largest LoRA rank in ``adapter_config.json`` (``r``, or a per-module
+    ``rank_pattern``)."""
     try:
         config = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))
-        return max([int(config["r"]), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
+        return max([
+            int(config["r"]),
+            *(int(r) for r in (config.get("rank_pattern") or {}).values()),
+        ])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise AdapterError(f"{directory / 'adapter_config.json'} is unreadable ({exc}); train the adapter again.",
-                           path=directory) from exc
+        raise AdapterError(
+            f"{directory / 'adapter_config.json'} is unreadable ({exc}); train the adapter again.",
+            path=directory,
+        ) from exc
 
 
 def _served_base(manifest: Manifest) -> str:

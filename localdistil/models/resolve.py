@@ -26,8 +26,14 @@ from typing import Any
 
 from localdistil.errors import ModelError
 from localdistil.models.gguf import MARKER as MARKER  # re-exported: part of this module's API
-from localdistil.models.gguf import (convert_gguf, hash_weights, read_marker, weight_files, weight_stats,
-                              wheel_gguf)
+from localdistil.models.gguf import (
+    convert_gguf,
+    hash_weights,
+    read_marker,
+    weight_files,
+    weight_stats,
+    wheel_gguf,
+)
 
 
 @dataclasses.dataclass(frozen=True)

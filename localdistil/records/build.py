@@ -53,7 +53,10 @@ class RecordBuilder:
         instructions_id: str | None = None,
     ):
         if finetune_format not in FINETUNE_FORMATS:
-            raise ValueError(f"Unknown finetune_format {finetune_format!r}; choose one of {', '.join(FINETUNE_FORMATS)}.")
+            raise ValueError(
+                f"Unknown finetune_format {finetune_format!r}; "
+                f"choose one of {', '.join(FINETUNE_FORMATS)}."
+            )
         self.spec = spec
         self.finetune_format = finetune_format
         self.indent = indent
@@ -101,12 +104,26 @@ class RecordBuilder:
             return {"localdistil": block}
 
         messages: list[dict[str, Any]] = render_messages(
-            name=spec.name, args=args, style="full", signature=spec.signature, doc=spec.doc, source=self._source
+            name=spec.name,
+            args=args,
+            style="full",
+            signature=spec.signature,
+            doc=spec.doc,
+            source=self._source,
         )
-        arguments = json.dumps(output, ensure_ascii=False, indent=self.indent) if self.indent else render_completion(output)
+        arguments = (
+            json.dumps(output, ensure_ascii=False, indent=self.indent)
+            if self.indent
+            else render_completion(output)
+        )
         call = {"name": self._output_name, "arguments": arguments}
         if self.finetune_format == "tools":
-            messages.append({"role": "assistant", "tool_calls": [{"id": "call_0", "type": "function", "function": call}]})
-            return {"messages": messages, "tools": [{"type": "function", "function": self._function_schema}], "localdistil": block}
+            tool_call = {"id": "call_0", "type": "function", "function": call}
+            messages.append({"role": "assistant", "tool_calls": [tool_call]})
+            return {
+                "messages": messages,
+                "tools": [{"type": "function", "function": self._function_schema}],
+                "localdistil": block,
+            }
         messages.append({"role": "assistant", "function_call": call})
         return {"messages": messages, "functions": [self._function_schema], "localdistil": block}

@@ -36,7 +36,9 @@ def expand_paths(patterns: str | Path | Iterable[str | Path]) -> list[Path]:
         if glob.has_magic(text):
             matches = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
             if not matches:
-                raise RecordError(f"No file matches {text!r}. Check the pattern and the working directory.")
+                raise RecordError(
+                    f"No file matches {text!r}. Check the pattern and the working directory."
+                )
         elif Path(text).is_dir():
             matches = sorted(Path(text).glob("*.jsonl"))
             if not matches:
@@ -95,12 +97,17 @@ def parse_line(raw: bytes | str, *, truncated: bool = False) -> Record:
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise RecordError(f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
+            raise RecordError(
+                f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+            ) from None
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
         if truncated:
-            raise RecordError(f"truncated: the last line ends without a newline and is not whole JSON ({exc.msg}); a writer probably stopped mid-line") from None
+            raise RecordError(
+                "truncated: the last line ends without a newline and is not whole JSON "
+                f"({exc.msg}); a writer probably stopped mid-line"
+            ) from None
         raise RecordError(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
     if not isinstance(obj, dict):
         raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
@@ -115,14 +122,20 @@ def parse_line(raw: bytes | str, *, truncated: bool = False) -> Record:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise RecordError(f"malformed record: {type(exc).__name__}: {exc}") from None
-    raise RecordError("not a localdistil, instructor or OpenAI chat record (no 'localdistil', 'messages' or 'fn_name' key)")
+    raise RecordError(
+        "not a localdistil, instructor or OpenAI chat record "
+        "(no 'localdistil', 'messages' or 'fn_name' key)"
+    )
 
 
 def _parse_localdistil(obj: dict[str, Any]) -> Record:
     block = obj["localdistil"]
     version = block.get("version")
     if version != RECORD_VERSION:
-        raise RecordError(f"record version {version!r} is not {RECORD_VERSION}; it was written by another localdistil release")
+        raise RecordError(
+            f"record version {version!r} is not {RECORD_VERSION}; "
+            "it was written by another localdistil release"
+        )
     for key in ("function", "args", "output"):
         if key not in block:
             raise RecordError(f"the 'localdistil' block has no {key!r}")
@@ -135,11 +148,18 @@ def _parse_localdistil(obj: dict[str, Any]) -> Record:
     if "messages" in obj:
         prompt = [m for m in obj["messages"] if m.get("role") != "assistant"]
     else:
-        prompt = render_messages(name=name, args=block["args"], style="full", signature=block.get("signature") or f"def {name}(...)", doc=block.get("doc"))
+        prompt = render_messages(
+            name=name,
+            args=block["args"],
+            style="full",
+            signature=block.get("signature") or f"def {name}(...)",
+            doc=block.get("doc"),
+        )
     return Record(
         function=block["function"], name=name, args=block["args"], output=block["output"],
         output_schema=schema, signature=block.get("signature"), doc=block.get("doc"), prompt=prompt,
-        fingerprint=block.get("fingerprint"), schema_hash=block.get("schema_hash"), id=block.get("id"),
+        fingerprint=block.get("fingerprint"), schema_hash=block.get("schema_hash"),
+        id=block.get("id"),
         ts=block.get("ts"), duration_s=block.get("duration_s"), extra=block.get("extra") or {},
         source_format="localdistil",
     )

@@ -122,20 +122,28 @@ def select_records(recipe: Recipe) -> Selection:
     read = len(records) + len(eval_records)
     if not records:
         detail = f" ({len(problems)} invalid line(s), first: {problems[0]})" if problems else ""
-        raise DatasetError(f"data.train: {', '.join(data.train)} holds no valid records{detail}. Trace some calls first.")
+        raise DatasetError(
+            f"data.train: {', '.join(data.train)} holds no valid records{detail}. "
+            "Trace some calls first."
+        )
 
     names = Counter(_label(r) for r in records)
     if data.function is None:
         if len(names) > 1:
             listed = ", ".join(f"{name} ({count})" for name, count in names.most_common())
-            raise DatasetError(f"data.train holds records of several functions: {listed}. Set data.function to the one to train.")
+            raise DatasetError(
+                f"data.train holds records of several functions: {listed}. "
+                "Set data.function to the one to train."
+            )
         chosen = records
     else:
         chosen = [r for r in records if _matches(r, data.function)]
         eval_records = [r for r in eval_records if _matches(r, data.function)]
         if not chosen:
             listed = ", ".join(sorted({r.name for r in records}))
-            raise DatasetError(f"data.function: no record of {data.function!r} in data.train; it holds: {listed}.")
+            raise DatasetError(
+                f"data.function: no record of {data.function!r} in data.train; it holds: {listed}."
+            )
     other_functions = len(records) - len(chosen)
 
     newest = max(chosen, key=lambda r: r.ts or "")
@@ -164,14 +172,16 @@ def select_records(recipe: Recipe) -> Selection:
         held_out = round(len(current) * data.eval_fraction)
         if held_out == 0 or held_out >= len(current):
             raise DatasetError(
-                f"data.eval_fraction: {len(current)} record(s) are too few to hold {data.eval_fraction:.0%} out. "
+                f"data.eval_fraction: {len(current)} record(s) are too few "
+                f"to hold {data.eval_fraction:.0%} out. "
                 "Trace more calls, or set data.eval_fraction: 0."
             )
         eval_records, current = current[:held_out], current[held_out:]
 
     return Selection(
         function=_function_info(newest),
-        train=current, eval=eval_records, read=read, problems=problems, other_functions=other_functions,
+        train=current, eval=eval_records, read=read, problems=problems,
+        other_functions=other_functions,
         old_schema=old_schema, duplicates=duplicates, over_limit=over_limit,
         prompt_only=prompt_only_records(current + eval_records),
     )
@@ -199,8 +209,11 @@ def _function_info(record: Record) -> FunctionInfo:
     return FunctionInfo(
         function=record.function, name=record.name, signature=record.signature, doc=record.doc,
         output_schema=schema,
-        fingerprint=(fingerprint(record.signature, record.doc, schema)
-                     if record.fingerprint is not None and schema is not None else record.fingerprint),
+        fingerprint=(
+            fingerprint(record.signature, record.doc, schema)
+            if record.fingerprint is not None and schema is not None
+            else record.fingerprint
+        ),
         schema_hash=schema_hash(schema) if schema is not None else record.schema_hash,
     )
 
@@ -222,7 +235,9 @@ def render_record(record: Record, style: str) -> list[dict[str, Any]]:
     or its recorded prompt where the source kept no arguments."""
     if record.args is None:
         return list(record.prompt)
-    return render_messages(name=record.name, args=record.args, style=style, signature=record.signature, doc=record.doc)
+    return render_messages(
+        name=record.name, args=record.args, style=style, signature=record.signature, doc=record.doc
+    )
 
 
 def build_dataset(selection: Selection, tokenizer: Any, recipe: Recipe) -> TrainingData:
@@ -258,7 +273,8 @@ def build_dataset(selection: Selection, tokenizer: Any, recipe: Recipe) -> Train
             })
     if not rows["train"]:
         raise DatasetError(
-            f"train.max_length: all {len(too_long)} training examples are longer than {max_length} tokens "
+            f"train.max_length: all {len(too_long)} training examples "
+            f"are longer than {max_length} tokens "
             f"(e.g. {too_long[0] if too_long else '?'}). Raise train.max_length."
         )
     train = Dataset.from_list(rows["train"])
@@ -270,7 +286,9 @@ def build_dataset(selection: Selection, tokenizer: Any, recipe: Recipe) -> Train
         too_long=len(too_long),
         too_long_example=too_long[0] if too_long else None,
         lengths=_length_stats(rows["train"] + rows["eval"]),
-        example=mark_trained_tokens(tokenizer, rows["train"][0]["input_ids"], rows["train"][0]["labels"]),
+        example=mark_trained_tokens(
+            tokenizer, rows["train"][0]["input_ids"], rows["train"][0]["labels"]
+        ),
     )
     return TrainingData(train=train, eval=eval_set, function=selection.function, report=report)
 
@@ -280,7 +298,9 @@ def _length_stats(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     for key in ("prompt_length", "completion_length"):
         values = sorted(row[key] for row in rows)
         stats[key.removesuffix("_length")] = _summary(values)
-    stats["total"] = _summary(sorted(row["prompt_length"] + row["completion_length"] for row in rows))
+    stats["total"] = _summary(
+        sorted(row["prompt_length"] + row["completion_length"] for row in rows)
+    )
     return stats
 
 
@@ -329,7 +349,10 @@ def format_report(report: DatasetReport) -> str:
     lines.extend(_prompt_only_lines(s.prompt_only))
     lines.append(f"examples        {report.train_examples} train, {report.eval_examples} eval")
     if report.too_long:
-        lines.append(f"too long        {report.too_long} example(s) over train.max_length left out, e.g. {report.too_long_example}")
+        lines.append(
+            f"too long        {report.too_long} example(s) over train.max_length left out, "
+            f"e.g. {report.too_long_example}"
+        )
     lines.append("tokens          min   mean   p95   max")
     for name, st in report.lengths.items():
         lines.append(f"  {name:<12} {st['min']:>5} {st['mean']:>6} {st['p95']:>5} {st['max']:>5}")

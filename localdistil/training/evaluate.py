@@ -63,7 +63,9 @@ def evaluate(adapter: str | Path, records: Sequence[Record], *, batch_size: int 
     schema = engine.manifest.output_schema or {}
     usable = [r for r in records if r.args is not None]
     if not usable:
-        raise DatasetError("None of the records keeps its arguments, so none can be dispatched for evaluation.")
+        raise DatasetError(
+            "None of the records keeps its arguments, so none can be dispatched for evaluation."
+        )
     agreement, latencies, samples = Agreement(), [], []
     generated = valid = 0
     started = time.perf_counter()
@@ -84,9 +86,11 @@ def evaluate(adapter: str | Path, records: Sequence[Record], *, batch_size: int 
     summary = agreement.summary()
     return EvalReport(
         adapter=str(engine.path), function=engine.name, examples=len(usable),
-        exact_match=summary["exact_match"], fields=summary["fields"], valid_rate=valid / len(usable),
+        exact_match=summary["exact_match"], fields=summary["fields"],
+        valid_rate=valid / len(usable),
         latency_p50_s=_percentile(latencies, 0.5), latency_p95_s=_percentile(latencies, 0.95),
-        generated_tokens_per_s=generated / seconds if seconds else 0.0, batch_size=batch_size, samples=samples,
+        generated_tokens_per_s=generated / seconds if seconds else 0.0,
+        batch_size=batch_size, samples=samples,
     )
 
 
@@ -103,7 +107,8 @@ def format_eval(report: EvalReport, *, show: int = 5) -> str:
         f"| exact match | {report.exact_match:.1%} |",
         *(f"| field `{name}` | {rate:.1%} |" for name, rate in report.fields.items()),
         f"| valid outputs | {report.valid_rate:.1%} |",
-        f"| latency p50 / p95 (batch {report.batch_size}) | {report.latency_p50_s * 1000:.0f} ms / {report.latency_p95_s * 1000:.0f} ms |",
+        f"| latency p50 / p95 (batch {report.batch_size}) "
+        f"| {report.latency_p50_s * 1000:.0f} ms / {report.latency_p95_s * 1000:.0f} ms |",
         f"| generated tokens/s | {report.generated_tokens_per_s:.1f} |",
         "",
     ]
@@ -112,7 +117,8 @@ def format_eval(report: EvalReport, *, show: int = 5) -> str:
         for sample in report.samples[:show]:
             args = json.dumps(sample["args"], separators=(",", ":"))
             expected = json.dumps(sample["expected"], separators=(",", ":"))
-            lines.append(f"| `{args}` | `{expected}` | `{sample['text']}` | {'yes' if sample['exact'] else 'no'} |")
+            exact = "yes" if sample["exact"] else "no"
+            lines.append(f"| `{args}` | `{expected}` | `{sample['text']}` | {exact} |")
     return "\n".join(lines)
 
 
