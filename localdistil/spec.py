@@ -13,6 +13,7 @@ because every record, prompt and grammar is built from the model's JSON schema.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import inspect
 import json
@@ -91,7 +92,16 @@ def _annotation_text(annotation: Any) -> str:
         text = annotation.__qualname__
     else:
         text = inspect.formatannotation(annotation)
+    text = re.sub(r"\b[\w.]*<locals>\.", "", text)  # a class defined inside a function
     return _MODULE_PATH.sub("", text).replace("NoneType", "None")
+
+
+def _default_text(value: Any) -> str:
+    """A parameter's default as Python source: ``Color.RED`` for an enum member (whose repr,
+    ``<Color.RED: 'red'>``, is not source), else its repr."""
+    if isinstance(value, enum.Enum):
+        return f"{type(value).__name__}.{value.name}"
+    return repr(value)
 
 
 def _decoration_scope(depth: int = 8) -> dict[str, Any]:
@@ -205,7 +215,7 @@ class FunctionSpec:
             if annotation is not inspect.Parameter.empty:
                 text += f": {_annotation_text(annotation)}"
             if p.default is not inspect.Parameter.empty:
-                text += f" = {p.default!r}"
+                text += f" = {_default_text(p.default)}"
             rendered.append(text)
         prompt_name = name or fn_name
         signature_text = (

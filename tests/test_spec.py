@@ -241,3 +241,20 @@ def test_an_unresolvable_return_annotation_is_named():
         DecorationError, match="^f returns 'NoSuchModel', a name localdistil cannot resolve"
     ):
         Instructions().distil(namespace["f"])
+
+
+def test_the_signature_is_python_source_for_local_classes_and_enum_defaults():
+    class Color(enum.Enum):
+        RED = "red"
+
+    def make():
+        class Order(BaseModel):
+            x: int
+
+        def paint(color: Color = Color.RED, order: Order | None = None) -> Order: ...
+
+        return FunctionSpec.from_function(paint)
+
+    signature = make().signature
+    assert signature == "def paint(color: Color = Color.RED, order: Order | None = None) -> Order"
+    compile(signature + ": pass", "<signature>", "exec")  # what the server parses it as
