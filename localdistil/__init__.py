@@ -20,15 +20,22 @@ from localdistil.errors import (
     TraceError,
     TraceWarning,
 )
-from localdistil.trace import DispatchedFunction, DistilledFunction, Instructions, ShadowedFunction
 from localdistil.records import Record, RecordSet, read_records
 from localdistil.spec import FunctionSpec
+from localdistil.trace import (
+    AutoFunction,
+    DispatchedFunction,
+    DistilledFunction,
+    Instructions,
+    ShadowedFunction,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdapterError",
     "AdapterMismatchError",
+    "AutoFunction",
     "DatasetError",
     "DecorationError",
     "DispatchError",

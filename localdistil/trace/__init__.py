@@ -5,6 +5,12 @@ Light on purpose: tracing runs inside production code and imports nothing heavy.
 """
 
 from localdistil.trace.instructions import Instructions
-from localdistil.trace.wrappers import DispatchedFunction, DistilledFunction, ShadowedFunction
+from localdistil.trace.wrappers import (
+    AutoFunction,
+    DispatchedFunction,
+    DistilledFunction,
+    ShadowedFunction,
+)
 
-__all__ = ["DispatchedFunction", "DistilledFunction", "Instructions", "ShadowedFunction"]
+__all__ = ["AutoFunction", "DispatchedFunction", "DistilledFunction", "Instructions",
+           "ShadowedFunction"]

@@ -16,7 +16,8 @@ that fails is reported as a :class:`~localdistil.errors.TraceWarning` (or raised
 it runs inside production code.
 
 What a decorated function does lives in :mod:`localdistil.trace.modes` (one small class per
-mode); :mod:`localdistil.trace.wrappers` turns a mode into the sync or async function;
+mode; ``mode="auto"``, which switches between them per call, in :mod:`localdistil.trace.auto`);
+:mod:`localdistil.trace.wrappers` turns a mode into the sync or async function;
 :mod:`localdistil.trace.recorder` writes the records.
 """
 
@@ -33,10 +34,13 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypedDict, TypeVar, o
 from localdistil.errors import DecorationError
 from localdistil.records import FINETUNE_FORMATS, RecordBuilder
 from localdistil.spec import FunctionSpec
+from localdistil.trace.auto import AutoMode
+from localdistil.trace.auto_state import AutoPolicy
 from localdistil.trace.modes import DispatchMode, Mode, ShadowMode, TraceMode
 from localdistil.trace.recorder import Recorder, Sampler
 from localdistil.trace.sinks import HandlerSink, JsonlSink
 from localdistil.trace.wrappers import (
+    AutoFunction,
     DispatchedFunction,
     DistilledFunction,
     ShadowedFunction,
@@ -49,8 +53,9 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Modes the decorator accepts: run and record, answer from the model, or both and compare.
-MODES: tuple[str, ...] = ("distil", "dispatch", "shadow")
+#: Modes the decorator accepts: run and record, answer from the model, both and compare, or
+#: each of these in turn as the model earns (and loses) trust.
+MODES: tuple[str, ...] = ("distil", "dispatch", "shadow", "auto")
 
 Redactor = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
@@ -67,6 +72,11 @@ class DistilOptions(TypedDict, total=False):
     retries: int
     max_new_tokens: int | None
     shadow_rate: float
+    promote_at: float
+    demote_at: float
+    window: int
+    min_calls: int
+    monitor_rate: float
 
 
 def _format_name(value: Any, where: str) -> str:
@@ -172,9 +182,15 @@ class Instructions:
                **options: Unpack[DistilOptions]
                ) -> Callable[[Callable[P, R]], ShadowedFunction[P, R]]: ...
 
+    @overload
+    def distil(self, fn: None = None, /, *, mode: Literal["auto"],
+               **options: Unpack[DistilOptions]
+               ) -> Callable[[Callable[P, R]], AutoFunction[P, R]]: ...
+
     def distil(self, fn=None, /, *, name=None, mode="distil", finetune_format=None,
                fine_tune_format=None, model=None, on_mismatch="raise", on_invalid="raise",
-               retries=2, max_new_tokens=None, shadow_rate=1.0):
+               retries=2, max_new_tokens=None, shadow_rate=1.0, promote_at=0.97, demote_at=0.90,
+               window=200, min_calls=50, monitor_rate=0.05):
         """Decorate a function whose return annotation is a Pydantic model.
 
         Use it bare (``@instructions.distil``) or with options
@@ -186,11 +202,16 @@ class Instructions:
             name: the name used in prompts and records; defaults to the function's name.
             mode: ``"distil"`` runs the function and records the call; ``"dispatch"`` skips the
                 body and answers from the local model; ``"shadow"`` runs the function, returns its
-                result, asks the model too and records whether they agree.
+                result, asks the model too and records whether they agree; ``"auto"`` does each
+                in turn: it records calls until ``model`` has an adapter, shadows until the
+                rolling agreement reaches ``promote_at``, then dispatches while still comparing
+                ``monitor_rate`` of the calls, and shadows again below ``demote_at``.
             finetune_format: overrides the Instructions object's format for this function
                 (``fine_tune_format`` is accepted too, as in instructor).
             model: the training run (``output.dir``) or adapter directory that answers, for
-                ``dispatch`` and ``shadow``.
+                ``dispatch`` and ``shadow``; for ``auto``, the training run, which need not exist
+                yet (its promoted version is looked up every few seconds, and the router state is
+                kept in ``RUN/auto/<name>.json``).
             on_mismatch: ``"raise"`` or ``"warn"`` when the adapter was trained for another
                 version of the function (signature, docstring or return schema changed).
             on_invalid: when an answer fails the return type's validators: ``"raise"`` a
@@ -198,7 +219,17 @@ class Instructions:
                 (the call is then recorded as a new training example).
             retries: how many times ``on_invalid="retry"`` samples again.
             max_new_tokens: the token budget of one answer (default: from the training answers).
-            shadow_rate: the fraction of calls the model also answers in ``shadow`` mode.
+            shadow_rate: the fraction of calls the model also answers in ``shadow`` mode (and in
+                the shadow phase of ``auto``).
+            promote_at: ``auto``: the rolling exact agreement, in [0, 1], at which the model is
+                trusted and answers (with at least ``min_calls`` calls compared).
+            demote_at: ``auto``: the rolling agreement below which the function answers again;
+                ``0 <= demote_at < promote_at``.
+            window: ``auto``: how many of the latest compared calls the agreement is taken over.
+            min_calls: ``auto``: compared calls needed before trusting; ``1 <= min_calls <=
+                window``.
+            monitor_rate: ``auto``: the fraction of calls, in [0, 1], on which a trusted model is
+                still checked: the function runs, its result is returned and compared.
 
         The decorated function (see :class:`DistilledFunction`) gets ``.spec`` (a
         :class:`FunctionSpec`). In dispatch mode (:class:`DispatchedFunction`) also
@@ -211,13 +242,22 @@ class Instructions:
         ``asyncio.gather(return_exceptions=True)`` does), and ``.batch(calls,
         raise_errors=True)`` raises the first ``DispatchError`` once the whole batch has been
         answered. In shadow mode (:class:`ShadowedFunction`) ``.shadow_stats`` and
-        ``.dispatcher``; a model without a valid answer counts as a disagreement there.
+        ``.dispatcher``; a model without a valid answer counts as a disagreement there. In auto
+        mode (:class:`AutoFunction`) ``.router_stats``: the phase (``"trace"``, ``"shadow"``,
+        ``"dispatch"``), the adapter version, the window's size and agreement and the calls
+        compared, shared by every process of the service; a model without a valid answer
+        counts as a disagreement where the call was compared, and the function answers that
+        call. A new adapter version starts untrusted. The function's own exceptions pass
+        through unchanged in every mode.
 
         Raises:
             DecorationError: no return annotation, a return type that is not a Pydantic model,
-                an unknown mode or format, or a dispatch mode without ``model``.
+                an unknown mode or format, a dispatch mode without ``model``, or an ``auto``
+                threshold out of range (the message names it).
             AdapterError, AdapterMismatchError: the adapter is missing or made for another
                 version of the function (the manifest is read now; the model loads on first use).
+                Not in ``auto`` mode: there an adapter that cannot answer for the function is
+                reported as a ``TraceWarning`` when it is found, and the function keeps running.
         """
         if mode not in MODES:
             choices = ", ".join(repr(m) for m in MODES)
@@ -229,6 +269,8 @@ class Instructions:
             raise DecorationError("Pass finetune_format or fine_tune_format, not both.")
         if not 0.0 <= shadow_rate <= 1.0:
             raise DecorationError(f"shadow_rate must be between 0 and 1; got {shadow_rate!r}.")
+        policy = AutoPolicy(promote_at=promote_at, demote_at=demote_at, window=window,
+                            min_calls=min_calls, monitor_rate=monitor_rate)
         chosen = finetune_format if finetune_format is not None else fine_tune_format
         fmt = self.finetune_format if chosen is None else _format_name(chosen, "finetune_format")
         dispatch_options = {"on_mismatch": on_mismatch, "on_invalid": on_invalid,
@@ -246,15 +288,23 @@ class Instructions:
             )
             recorder = Recorder(self, builder)
             return build_wrapper(func, self._mode(mode, recorder, model, dispatch_options,
-                                                  shadow_rate))
+                                                  shadow_rate, policy))
 
         return decorate if fn is None else decorate(fn)
 
     @staticmethod
     def _mode(mode: str, recorder: Recorder, model: Any, dispatch_options: dict[str, Any],
-              shadow_rate: float) -> Mode:
+              shadow_rate: float, policy: AutoPolicy) -> Mode:
         if mode == "distil":
             return TraceMode(recorder)
+        if mode == "auto":  # the adapter may come later: no Dispatcher yet
+            from localdistil.inference.dispatch import ON_INVALID, ON_MISMATCH
+
+            for key, allowed in (("on_invalid", ON_INVALID), ("on_mismatch", ON_MISMATCH)):
+                if dispatch_options[key] not in allowed:
+                    raise DecorationError(f"{key} must be one of {', '.join(allowed)}; got "
+                                          f"{dispatch_options[key]!r}.")
+            return AutoMode(recorder, model, dispatch_options, policy, shadow_rate)
         from localdistil.inference.dispatch import Dispatcher
 
         try:

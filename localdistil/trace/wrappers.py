@@ -8,7 +8,8 @@ so the event loop keeps running while the model generates. Nothing here knows an
 
 The protocols say what a decorated function carries, for type checkers and readers:
 :class:`DistilledFunction` (every mode: ``spec``), :class:`DispatchedFunction` (``dispatcher``,
-``warmup``, ``batch``) and :class:`ShadowedFunction` (``dispatcher``, ``shadow_stats``).
+``warmup``, ``batch``), :class:`ShadowedFunction` (``dispatcher``, ``shadow_stats``) and
+:class:`AutoFunction` (``router_stats``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from localdistil.inference.agreement import Agreement
     from localdistil.inference.dispatch import Dispatcher
     from localdistil.spec import FunctionSpec
+    from localdistil.trace.auto import RouterStats
 
 P = ParamSpec("P")
 R = TypeVar("R", covariant=True)
@@ -62,6 +64,15 @@ class ShadowedFunction(DistilledFunction[P, R], Protocol):
 
     dispatcher: Dispatcher
     shadow_stats: Agreement
+
+
+class AutoFunction(DistilledFunction[P, R], Protocol):
+    """A function decorated with ``mode="auto"``: it runs and is recorded until its model has an
+    adapter, is shadowed by the model until they agree often enough, then answered by the model
+    while a sample of calls is still checked. ``router_stats`` says which phase it is in
+    (``.phase``, ``.version``, ``.window``, ``.agreement``, ``.compared``, ``.summary()``)."""
+
+    router_stats: RouterStats
 
 
 def build_wrapper(fn: Callable[..., Any], mode: Mode) -> Any:
