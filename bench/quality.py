@@ -60,6 +60,7 @@ def digit_accuracy(samples: list[dict], field: str) -> float:
 
 def measure(example: str, limit: int | None, batch_size: int) -> list[dict] | str:
     """The example's rows of the table, or why it has none."""
+    from localdistil.errors import AdapterError
     from localdistil.models.adapter import adapter_dir
     from localdistil.training.dataset import select_records
     from localdistil.training.evaluate import evaluate
@@ -68,16 +69,19 @@ def measure(example: str, limit: int | None, batch_size: int) -> list[dict] | st
     recipe_path = ROOT / "recipes" / f"{example}.yaml"
     recipe = load_recipe(recipe_path)
     run = ROOT / recipe.output.dir
-    if not (run / "adapter").is_dir():
-        return (f"no trained run at {run.relative_to(ROOT)}: python examples/{example}/trace.py && "
-                f"python -m localdistil train recipes/{example}.yaml")
+    try:
+        trained = adapter_dir(run)  # the run's promoted version
+    except AdapterError as exc:
+        return (f"no promoted version at {run.relative_to(ROOT)} ({exc}); train one: python "
+                f"examples/{example}/trace.py && python -m localdistil train "
+                f"recipes/{example}.yaml")
     recipe = load_recipe(run / "recipe.yaml")  # the settings the run was trained with
     held_out = [r for r in select_records(recipe).eval if r.args is not None][:limit]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, adapter in (
-            ("trained", adapter_dir(run)),
-            ("untrained", untrained_copy(adapter_dir(run), Path(tmp))),
+            ("trained", trained),
+            ("untrained", untrained_copy(trained, Path(tmp))),
         ):
             report = evaluate(adapter, held_out, batch_size=batch_size)
             row = {"example": example, "model": label, "calls": report.examples,

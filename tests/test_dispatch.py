@@ -48,6 +48,7 @@ def run_dir(tiny_model_dir, tmp_path_factory):
         "model": str(tiny_model_dir),
         "data": {"train": [str(traces)]},
         "train": {"max_steps": 6, "batch_size": 4, "learning_rate": 1e-2, "save_steps": 100},
+        "gate": {"min_exact": 0, "min_valid": 0},  # promote it: it is barely trained
         "output": {"dir": str(root / "run"), "plot": False},
     })
     train(recipe)
@@ -80,7 +81,7 @@ def test_dispatch_prompt_tokens_equal_training_tokens(run_dir, tiny_model_dir):
 
 
 def test_the_adapter_directory_itself_is_accepted_and_loaded_once(run_dir):
-    assert Engine.for_adapter(run_dir / "adapter") is Engine.for_adapter(run_dir)
+    assert Engine.for_adapter(run_dir / "versions" / "v0001") is Engine.for_adapter(run_dir)
 
 
 def test_changed_function_raises_adapter_mismatch_saying_what_changed(run_dir):
@@ -107,7 +108,7 @@ def test_an_adapter_trained_on_another_prompt_version_is_refused(run_dir, tmp_pa
     import shutil
 
     copy = tmp_path / "old"
-    shutil.copytree(run_dir / "adapter", copy)
+    shutil.copytree(run_dir / "versions" / "v0001", copy)
     manifest = json.loads((copy / "localdistil.json").read_text())
     manifest["prompt_version"] -= 1
     (copy / "localdistil.json").write_text(json.dumps(manifest))
@@ -140,7 +141,7 @@ def test_running_out_of_tokens_raises_with_the_partial_output(run_dir):
     with pytest.raises(DispatchError, match="ran out of tokens \\(3\\)") as caught:
         fn(2)
     assert caught.value.raw_output.startswith('{"') and caught.value.function == "parity"
-    assert caught.value.adapter.endswith("adapter")
+    assert caught.value.adapter.endswith("v0001")
 
 
 class Strict(BaseModel):

@@ -29,6 +29,7 @@ def recipe_file(tiny_model_dir, tmp_path, traced_multiply):
         "data": {"train": [str(traces)], "eval_fraction": 0.125},  # 21 train, 3 held out
         "train": {"max_steps": 6, "batch_size": 2, "learning_rate": 1e-2, "warmup_ratio": 0,
                   "logging_steps": 1, "save_steps": 3, "eval_samples": 2},
+        "gate": {"min_exact": 0, "min_valid": 0},  # the tiny model never answers right
         "output": {"dir": str(tmp_path / "run"), "plot": True},
     }
     path = tmp_path / "recipe.yaml"
@@ -64,22 +65,29 @@ def launch(*args: str, processes: int = 2) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # a subprocess training run: well over a few seconds
 def test_two_processes_train_one_adapter_written_once(recipe_file, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     done = launch("train", str(recipe_file))
     assert done.returncode == 0, done.stderr[-4000:]
 
     assert "on CPU x 2 processes" in done.stderr
-    assert done.stderr.count("evaluating the adapter") == 1  # the main process alone evaluates
-    assert done.stdout.count(f"adapter   {out / 'adapter'}") == 1  # ... and reports
-    metrics = json.loads((out / "metrics.json").read_text())
+    # the main process alone answers the held-out calls, during training and after it
+    assert done.stderr.count("step 6: held-out exact match") == 1
+    assert done.stderr.count("evaluating v0001 on 2 held-out call(s)") == 1
+    version = out / "versions" / "v0001"
+    assert done.stdout.count(f"adapter   {version} (promoted)") == 1  # ... and reports
+    metrics = json.loads((version / "metrics.json").read_text())
     assert metrics["steps"] == 6
     # 21 examples shared by 2 processes of batch 2: 6 steps an epoch (one process: 11)
     assert metrics["epochs"] == 1.0
     assert metrics["final_loss"] < 0.95 * metrics["first_loss"]
     assert metrics["eval"]["examples"] == 2
     assert sorted(p.name for p in out.iterdir()) == [
-        "adapter", "checkpoints", "eval.json", "eval.md", "loss.png", "metrics.json", "recipe.yaml"]
+        "checkpoints", "promoted", "recipe.yaml", "versions"]
+    assert [e["step"] for e in metrics["accuracy"]] == [6]
+    assert {"adapter_model.safetensors", "eval.json", "eval.md", "loss.png", "metrics.json"} <= {
+        p.name for p in version.iterdir()}
     assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == [
         "checkpoint-3", "checkpoint-6"]
 
@@ -91,27 +99,30 @@ def test_two_processes_train_one_adapter_written_once(recipe_file, tiny_model_di
     ids = torch.tensor([[1, 5, 6, 7, 8]])
     base_logits = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))(ids).logits
     tuned = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(out / "adapter")
+        AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(version)
     )
     assert not torch.allclose(tuned(ids).logits, base_logits)
 
-    # every process refuses an existing output.dir before the main one could touch it
-    refused = launch("train", str(recipe_file))
+    # every process refuses a directory that is not a run's before the main one could touch it
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    refused = launch("train", str(recipe_file), f"output.dir={other}")
     assert refused.returncode != 0
-    assert refused.stderr.count("already exists. Pass --overwrite") == 2
-    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert refused.stderr.count("is not a training run's directory. Pass --overwrite") == 2
+    assert [p.name for p in other.iterdir()] == ["keep.txt"]
 
     resumed = launch(
         "train", str(recipe_file), "train.max_steps=9", "train.eval_samples=0", "--resume"
     )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "versions" / "v0002" / "metrics.json").read_text())
     assert (
         metrics["steps"] == 9
         and [p["step"] for p in metrics["train_loss"]] == list(range(1, 10))
     )
-    assert read_manifest(out).recipe["train"]["max_steps"] == 9
-    assert not list(out.glob(".adapter.*"))  # no staging directory left behind
+    assert read_manifest(out).recipe["train"]["max_steps"] == 9  # v0002, promoted unjudged
+    assert not list((out / "versions").glob(".v*"))  # no staging directory left behind
 
 
 @pytest.mark.parametrize("path", sorted(ACCELERATE_CONFIGS.glob("*.yaml")), ids=lambda p: p.name)

@@ -67,14 +67,15 @@ def test_the_merged_model_loads_plainly_and_matches_base_plus_adapter(
     provenance = json.loads((out / MERGED_MANIFEST_NAME).read_text())
     assert (
         provenance["manifest"]["name"] == "multiply"
-        and provenance["merged_from"].endswith("adapter")
+        and provenance["merged_from"].endswith("v0001")
     )
 
     ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10]])
     merged = AutoModelForCausalLM.from_pretrained(str(out)).eval()
     assert merged.dtype == torch.float32  # the base checkpoint's own dtype
     tuned = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(run_dir / "adapter")
+        AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
+        str(run_dir / "versions" / "v0001"),
     ).eval()
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
     with torch.no_grad():
@@ -98,7 +99,7 @@ def test_export_refuses_to_overwrite_unless_asked(run_dir, tmp_path):
     export_merged(run_dir, out, overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
     with pytest.raises(LocaldistilError, match="outside the adapter directory"):
-        export_merged(run_dir, run_dir / "adapter" / "merged")
+        export_merged(run_dir, run_dir / "versions" / "v0001" / "merged")
 
 
 def test_vllm_command_serves_the_adapter_on_its_local_base(run_dir, tiny_model_dir):
@@ -106,9 +107,10 @@ def test_vllm_command_serves_the_adapter_on_its_local_base(run_dir, tiny_model_d
 
     assert shlex.split(command) == [
         "vllm", "serve", str(tiny_model_dir), "--enable-lora",
-        "--lora-modules", f"multiply={(run_dir / 'adapter').resolve()}", "--max-lora-rank", "16",
+        "--lora-modules", f"multiply={(run_dir / 'versions' / 'v0001').resolve()}",
+        "--max-lora-rank", "16",
     ]
-    assert vllm_command(run_dir / "adapter") == command
+    assert vllm_command(run_dir / "versions" / "v0001") == command
 
 
 @pytest.mark.parametrize(
@@ -116,7 +118,7 @@ def test_vllm_command_serves_the_adapter_on_its_local_base(run_dir, tiny_model_d
     [(1, 1), (4, 8), (16, 16), (17, 32), (64, 64), (300, 320), (512, 512)],
 )
 def test_the_rank_is_rounded_up_to_one_vllm_accepts(run_dir, tmp_path, rank, max_rank):
-    adapter = shutil.copytree(run_dir / "adapter", tmp_path / "adapter")
+    adapter = shutil.copytree(run_dir / "versions" / "v0001", tmp_path / "adapter")
     config = json.loads((adapter / "adapter_config.json").read_text())
     config.update(r=1, rank_pattern={"q_proj": rank})  # the largest rank counts
     (adapter / "adapter_config.json").write_text(json.dumps(config))
@@ -125,7 +127,7 @@ def test_the_rank_is_rounded_up_to_one_vllm_accepts(run_dir, tmp_path, rank, max
 
 
 def test_a_rank_above_what_vllm_serves_points_to_merging(run_dir, tmp_path):
-    adapter = shutil.copytree(run_dir / "adapter", tmp_path / "adapter")
+    adapter = shutil.copytree(run_dir / "versions" / "v0001", tmp_path / "adapter")
     config = json.loads((adapter / "adapter_config.json").read_text())
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "r": 1024}))
 
@@ -134,7 +136,7 @@ def test_a_rank_above_what_vllm_serves_points_to_merging(run_dir, tmp_path):
 
 
 def test_a_base_model_from_the_hub_is_served_by_its_hub_id(run_dir, tmp_path):
-    adapter = shutil.copytree(run_dir / "adapter", tmp_path / "adapter")
+    adapter = shutil.copytree(run_dir / "versions" / "v0001", tmp_path / "adapter")
     manifest = json.loads((adapter / MANIFEST_NAME).read_text())
     snapshot = tmp_path / "hub" / "models--Qwen--Qwen2.5-0.5B-Instruct" / "snapshots" / "abc123"
     manifest.update(base_model="Qwen/Qwen2.5-0.5B-Instruct", base_model_path=str(snapshot))

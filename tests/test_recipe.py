@@ -11,7 +11,8 @@ from localdistil.training.recipe import Recipe, load_recipe, parse_recipe, resol
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # recipes/accelerate/ holds accelerate launch configs, not recipes (tests/test_distributed.py)
-SHIPPED = sorted(p for p in RECIPES.glob("**/*.yaml") if "accelerate" not in p.relative_to(RECIPES).parts)
+SHIPPED = sorted(p for p in RECIPES.glob("**/*.yaml")
+                 if "accelerate" not in p.relative_to(RECIPES).parts)
 
 EXAMPLE = """\
 # python -m localdistil train recipes/three_digit_multiply.yaml
@@ -78,6 +79,9 @@ def test_only_model_and_data_train_are_required_and_the_rest_defaults():
     assert not (train.gradient_checkpointing or train.packing or train.padding_free)
     assert (train.logging_steps, train.save_steps, train.save_total_limit) == (10, 50, 2)
     assert (train.eval_steps, train.eval_samples) == (None, 50)
+    assert (train.eval_every, train.patience) == (None, 3)
+    gate = recipe.gate
+    assert (gate.min_exact, gate.min_valid, gate.not_worse) == (0.95, 1.0, True)
     assert (recipe.output.dir, recipe.output.plot) == ("runs/model", True)
     assert recipe.source is None
 
@@ -192,6 +196,10 @@ def test_a_wrong_type_in_the_file_names_the_file_and_key(tmp_path):
          "train.quantization", ("train.quantization", "train.precision")),
         ({**with_section("data", eval_fraction=0), "train": {"eval_steps": 10}},
          "train.eval_steps", ("train.eval_steps", "data.eval_fraction")),
+        ({**with_section("data", eval_fraction=0), "train": {"eval_every": 10}},
+         "train.eval_every", ("train.eval_every", "data.eval_fraction")),
+        (with_section("train", eval_every=10, eval_samples=0),
+         "train.eval_every", ("train.eval_every", "train.eval_samples")),
     ],
 )
 def test_a_cross_field_conflict_names_both_keys(data, key, both):
@@ -332,12 +340,12 @@ def test_to_yaml_round_trips_and_leaves_out_the_source(tmp_path):
 def test_as_dict_is_plain_data_with_every_default():
     as_dict = parse_recipe(MINIMAL).as_dict()
 
-    assert set(as_dict) == {"model", "data", "lora", "train", "output"}
+    assert set(as_dict) == {"model", "data", "lora", "train", "gate", "output"}
     assert as_dict["train"]["eval_samples"] == 50 and as_dict["output"]["plot"] is True
 
 
 def test_every_field_is_documented_where_it_is_declared():
-    names = ("data", "lora", "train", "output")
+    names = ("data", "lora", "train", "gate", "output")
     sections = [Recipe, *(Recipe.model_fields[name].annotation for name in names)]
 
     undocumented = [f"{section.__name__}.{name}" for section in sections
@@ -374,3 +382,14 @@ def test_a_data_pattern_that_matches_nothing_names_the_key(tmp_path, monkeypatch
     assert info.value.key == "data.eval"
     assert str(info.value).startswith("data.eval: ") and repr(pattern) in str(info.value)
     assert str(tmp_path) in str(info.value)
+
+
+def test_the_gate_section_is_checked_and_overridden_like_the_others():
+    recipe = parse_recipe(MINIMAL, ["gate.min_exact=0.8", "gate.not_worse=false"])
+    assert (recipe.gate.min_exact, recipe.gate.not_worse) == (0.8, False)
+
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(MINIMAL, ["gate.min_valid=1.5"])
+    assert info.value.key == "gate.min_valid" and "less than or equal to 1" in str(info.value)
+    with pytest.raises(RecipeError, match="Did you mean 'gate.min_exact'"):
+        parse_recipe({**MINIMAL, "gate": {"min_exat": 0.9}})

@@ -7,9 +7,11 @@ for the function exactly as it was trained: the base model and its content hash,
 and chat-template hash, the function's name, fingerprint and output schema, the prompt style and
 version, the recipe as run, training metrics and library versions.
 
-A run's output directory (``output.dir``) keeps the adapter in ``adapter/``; dispatch and eval
-accept either directory. Adapters are written into a temporary sibling directory and renamed
-into place, so a crash never leaves a half-written adapter that looks complete.
+A run's output directory (``output.dir``) keeps one adapter directory per training, as versions
+(``versions/v0001/``, ...; see :mod:`localdistil.models.versions`), and :func:`adapter_dir`
+resolves a run to the promoted one (runs trained before versions existed keep theirs in
+``adapter/``). Adapters are written into a temporary sibling directory and renamed into place,
+so a crash never leaves a half-written adapter that looks complete.
 """
 
 from __future__ import annotations
@@ -78,30 +80,66 @@ def tokenizer_hash(tokenizer: Any) -> str:
 def library_versions() -> dict[str, str]:
     """Versions of the libraries a run depends on, for provenance."""
     versions = {}
-    for package in ("localdistil", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "outlines", "pydantic"):
+    for package in ("localdistil", "torch", "transformers", "peft", "trl", "datasets",
+                    "accelerate", "outlines", "pydantic"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[package] = importlib.metadata.version(package)
     return versions
 
 
 def adapter_dir(path: str | os.PathLike[str]) -> Path:
-    """The adapter directory for ``path``: the directory itself, or a run's ``adapter/``.
+    """The adapter directory ``path`` stands for. The one resolver dispatch, shadow, eval,
+    export and serve all use:
+
+    1. ``path`` itself, when it is an adapter directory (it holds ``localdistil.json``);
+    2. else, for a run directory with a ``promoted`` file, its promoted version
+       (``RUN/versions/<promoted>``, see :mod:`localdistil.models.versions`);
+    3. else a run's ``adapter/``, where runs trained before versions existed keep it.
 
     Raises:
-        AdapterError: neither holds a complete adapter (PEFT files and manifest).
+        AdapterError: none of these holds a complete adapter (PEFT files and manifest); the
+            message says what to do (train, resume, or promote a version).
     """
+    from localdistil.models.versions import (
+        PROMOTED_NAME,
+        list_versions,
+        promoted_version,
+        version_dir,
+    )
+
     path = Path(path)
-    for candidate in (path, path / ADAPTER_SUBDIR):
+    candidates = [path]
+    promoted = promoted_version(path) if (path / PROMOTED_NAME).is_file() else None
+    if promoted is not None:
+        try:
+            candidates.append(version_dir(path, promoted))
+        except AdapterError as exc:
+            raise AdapterError(
+                f"{path / PROMOTED_NAME} names {promoted}, which is gone: {exc} Promote another: "
+                f"python -m localdistil runs promote {path} VERSION", path=path) from None
+    candidates.append(path / ADAPTER_SUBDIR)
+    for candidate in candidates:
         if (candidate / MANIFEST_NAME).is_file():
             missing = [name for name in _PEFT_FILES if not (candidate / name).is_file()]
             if missing:
-                raise AdapterError(f"{candidate} is incomplete: {', '.join(missing)} missing. Train it again.", path=candidate)
+                raise AdapterError(f"{candidate} is incomplete: {', '.join(missing)} missing. "
+                                   "Train it again.", path=candidate)
             return candidate
     if not path.exists():
-        raise AdapterError(f"No adapter at {path}: the directory does not exist. Pass the output.dir of a training run.", path=path)
+        raise AdapterError(f"No adapter at {path}: the directory does not exist. Pass the "
+                           "output.dir of a training run.", path=path)
+    versions = list_versions(path)
+    if versions:
+        raise AdapterError(
+            f"No version of {path} is promoted (its versions: {', '.join(versions)}; none passed "
+            f"the recipe's gate). See them with: python -m localdistil runs status {path}; promote "
+            f"one with: python -m localdistil runs promote {path} {versions[-1]}",
+            path=path,
+        )
     raise AdapterError(
-        f"No adapter at {path}: neither it nor {path / ADAPTER_SUBDIR} holds {MANIFEST_NAME}. "
-        "Pass the output.dir of a finished training run (an interrupted one resumes with --resume).",
+        f"No adapter at {path}: it is neither an adapter directory nor a training run with a "
+        f"version ({MANIFEST_NAME} is not there, nor in versions/ or {ADAPTER_SUBDIR}/). Pass the "
+        "output.dir of a finished training run (an interrupted one resumes with --resume).",
         path=path,
     )
 
@@ -112,7 +150,8 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     try:
         return Manifest.model_validate_json((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise AdapterError(f"{directory / MANIFEST_NAME} is unreadable: {exc}", path=directory) from exc
+        raise AdapterError(f"{directory / MANIFEST_NAME} is unreadable: {exc}",
+                           path=directory) from exc
 
 
 @contextlib.contextmanager
@@ -142,13 +181,15 @@ def writing_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:
     """Write ``localdistil.json`` into ``directory``."""
-    (directory / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    text = manifest.model_dump_json(indent=2) + "\n"
+    (directory / MANIFEST_NAME).write_text(text, encoding="utf-8")
 
 
 def check_compatible(manifest: Manifest, spec: FunctionSpec) -> dict[str, tuple[Any, Any]]:
     """What differs between the function an adapter was trained for and ``spec``.
 
-    Manifests of version 2 and later hold the field-order-aware :func:`~localdistil.spec.schema_hash`
+    Manifests of version 2 and later hold the field-order-aware
+    :func:`~localdistil.spec.schema_hash`
     and fingerprint. Older ones hashed the schema with sorted keys; for them the schema's hash is
     taken anew from the ``output_schema`` they store (in its trained order) and the signature and
     docstring are compared as text.
@@ -208,12 +249,14 @@ def field_order_changes(trained: dict[str, Any], now: dict[str, Any]) -> dict[st
     return changes
 
 
-def mismatch_error(manifest: Manifest, spec: FunctionSpec, changes: dict[str, tuple[Any, Any]], path: Any) -> AdapterMismatchError:
+def mismatch_error(manifest: Manifest, spec: FunctionSpec, changes: dict[str, tuple[Any, Any]],
+                   path: Any) -> AdapterMismatchError:
     """An :class:`AdapterMismatchError` that says what changed and how to fix it."""
     parts = []
     if "prompt_version" in changes:
         trained, now = changes["prompt_version"]
-        parts.append(f"it was trained on prompts of version {trained} and this localdistil writes version {now}")
+        parts.append(f"it was trained on prompts of version {trained} and this localdistil "
+                     f"writes version {now}")
     if "field_order" in changes:
         for model, (before, after) in changes["field_order"].items():
             parts.append(f"the field order of {model} changed from ({', '.join(before)}) to "
@@ -222,20 +265,23 @@ def mismatch_error(manifest: Manifest, spec: FunctionSpec, changes: dict[str, tu
     if "output_schema" in changes:
         parts.append(f"the return type's JSON schema changed ({spec.output_type.__name__})")
     if "signature" in changes:
-        parts.append(f"the signature changed from {changes['signature'][0]!r} to {changes['signature'][1]!r}")
+        trained, now = changes["signature"]
+        parts.append(f"the signature changed from {trained!r} to {now!r}")
     if "doc" in changes:
         parts.append("the docstring changed")
     if not parts:
         parts.append("the function's fingerprint changed")
     return AdapterMismatchError(
-        f"The adapter at {path} was trained for another version of {spec.name}: {'; '.join(parts)}. "
+        f"The adapter at {path} was trained for another version of {spec.name}: "
+        f"{'; '.join(parts)}. "
         "Trace the new version and train again, or pass on_mismatch='warn' to use it anyway.",
         path=path,
         changes=changes,
     )
 
 
-def load_merged(directory: str | os.PathLike[str], *, dtype: Any = None, device_map: Any = None) -> tuple[Any, Any, Manifest]:
+def load_merged(directory: str | os.PathLike[str], *, dtype: Any = None,
+                device_map: Any = None) -> tuple[Any, Any, Manifest]:
     """``(model, tokenizer, manifest)``: the adapter's base model with the LoRA weights merged
     in (unmerged adapters decode slower, and merged ones decode exactly as fast as the base),
     in eval mode. The one place that loads an adapter onto its base.
@@ -253,7 +299,12 @@ def load_merged(directory: str | os.PathLike[str], *, dtype: Any = None, device_
     """
     from peft import PeftModel
 
-    from localdistil.models.resolve import load_causal_lm, load_tokenizer, model_content_hash, resolve_model
+    from localdistil.models.resolve import (
+        load_causal_lm,
+        load_tokenizer,
+        model_content_hash,
+        resolve_model,
+    )
 
     directory = adapter_dir(directory)
     manifest = read_manifest(directory)

@@ -10,6 +10,7 @@ A recipe starts with a comment giving the command that runs it::
       eval_fraction: 0.1                            # or a separate eval file
     lora: {r: 16, alpha: 32, dropout: 0.05, target_modules: all-linear}
     train: {epochs: 3, max_steps: null, batch_size: 8, learning_rate: 2.0e-4, max_length: 256}
+    gate: {min_exact: 0.95, min_valid: 1.0, not_worse: true}   # when a new version is promoted
     output: {dir: runs/three_digit_multiply}
 
 Every key is documented where it is declared (``Field(description=...)``); only ``model`` and
@@ -20,7 +21,8 @@ key given twice in one mapping is an error too (plain YAML would silently keep t
 
 Cross-field rules (each error names every key involved): ``data.eval`` with a non-zero
 ``data.eval_fraction`` is rejected (hold out data one way); ``train.quantization: 4bit`` needs
-``train.precision`` other than fp32; ``train.eval_steps`` needs held-out data. ``train.packing``
+``train.precision`` other than fp32; ``train.eval_steps`` and ``train.eval_every`` need held-out
+data, and ``train.eval_every`` a non-zero ``train.eval_samples``. ``train.packing``
 with ``train.padding_free`` is allowed (TRL packs into padding-free batches).
 
 Relative paths in a recipe (``data.train``, ``data.eval``, ``output.dir``, a local ``model``)
@@ -38,13 +40,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints,
-                      ValidationError, field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from localdistil.errors import RecipeError, RecordError
 from localdistil.records import expand_paths
 
-__all__ = ["DataSection", "LoraSection", "OutputSection", "Recipe", "TrainSection",
+__all__ = ["DataSection", "GateSection", "LoraSection", "OutputSection", "Recipe", "TrainSection",
            "load_recipe", "parse_recipe", "resolve_data_files"]
 
 _Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -79,7 +89,8 @@ class DataSection(_Section):
         "drop records whose prompt repeats an earlier one, before the split"))
     prompt_style: Literal["compact", "full"] = Field("compact", description=(
         "compact: short system prompt, no output schema (cheaper at every dispatch); "
-        "full: instructor's wording with the signature and docstring. Dispatch uses the same style"))
+        "full: instructor's wording with the signature and docstring. Dispatch uses the same "
+        "style"))
     completion: Literal["json"] = Field("json", description=(
         "what the model learns to write: json = the output as canonical compact JSON, the only "
         "form the dispatch grammar accepts"))
@@ -178,8 +189,16 @@ class TrainSection(_Section):
     eval_steps: int | None = Field(None, gt=0, description=(
         "held-out loss every this many steps; null = every save_steps. Needs held-out data"))
     eval_samples: int = Field(50, ge=0, description=(
-        "held-out examples answered with constrained decoding after training, to measure "
-        "accuracy (0 = skip; ignored without held-out data)"))
+        "held-out calls answered with constrained decoding, every train.eval_every steps and "
+        "after training, to measure accuracy, keep the best state and judge the new version by "
+        "the gate (0 = skip all three; ignored without held-out data)"))
+    eval_every: int | None = Field(None, gt=0, description=(
+        "steps between those accuracy evaluations during training; null = about 10 per run, "
+        "never more often than every 10 steps. The last step is always evaluated"))
+    patience: int | None = Field(3, gt=0, description=(
+        "evaluations: stop early once the gate's min_exact and min_valid have been met this "
+        "many evaluations in a row, or the held-out exact match (ties: eval loss) has not "
+        "improved for this many; null = never stop early"))
 
     @model_validator(mode="after")
     def _check_quantization(self) -> TrainSection:
@@ -189,6 +208,20 @@ class TrainSection(_Section):
                 "in bf16 or fp16). Set train.precision to auto, bf16 or fp16, or "
                 "train.quantization to none"))
         return self
+
+
+class GateSection(_Section):
+    """``gate:`` what a newly trained version must reach on the held-out calls to be promoted
+    (the version everything loads from output.dir); otherwise it stays a candidate."""
+
+    min_exact: float = Field(0.95, ge=0, le=1, description=(
+        "the least held-out exact match, 0 to 1; also the level that stops training early "
+        "(train.patience)"))
+    min_valid: float = Field(1.0, ge=0, le=1, description=(
+        "the least share of held-out answers that are complete, valid outputs, 0 to 1"))
+    not_worse: bool = Field(True, description=(
+        "also require an exact match at least the promoted version's, on the same held-out "
+        "calls (the promoted version answers them again)"))
 
 
 class OutputSection(_Section):
@@ -214,6 +247,8 @@ class Recipe(_Section):
         "the data section: which records to train on, e.g. data: {train: [traces/fn.jsonl]}"))
     lora: LoraSection = Field(default_factory=LoraSection, description="the adapter's shape")
     train: TrainSection = Field(default_factory=TrainSection, description="the training run")
+    gate: GateSection = Field(default_factory=GateSection, description=(
+        "when a new version is promoted"))
     output: OutputSection = Field(default_factory=OutputSection, description="where it goes")
 
     _source: Path | None = PrivateAttr(None)
@@ -231,6 +266,15 @@ class Recipe(_Section):
                 "is set but there is no held-out data (data.eval_fraction is 0 and data.eval is "
                 "not set). Set data.eval_fraction above 0, give data.eval files, or remove "
                 "train.eval_steps"))
+        if self.train.eval_every is not None and not held_out:
+            raise _CheckFailed("train.eval_every", (
+                "is set but there is no held-out data to evaluate (data.eval_fraction is 0 and "
+                "data.eval is not set). Set data.eval_fraction above 0, give data.eval files, or "
+                "remove train.eval_every"))
+        if self.train.eval_every is not None and self.train.eval_samples == 0:
+            raise _CheckFailed("train.eval_every", (
+                "is set but train.eval_samples is 0, so no held-out call would be answered. Set "
+                "train.eval_samples above 0 or remove train.eval_every"))
         return self
 
     def __eq__(self, other: object) -> bool:

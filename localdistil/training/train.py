@@ -2,33 +2,48 @@
 
 The run's output directory (``output.dir``)::
 
-    adapter/            PEFT files + tokenizer + localdistil.json (what dispatch loads)
-    checkpoints/        periodic trainer checkpoints (``--resume`` continues from the last
-                        complete one; one a killed run left half-written is removed)
-    metrics.json        losses, token counts, throughput, dataset report, eval summary
-    eval.json, eval.md  dispatch accuracy on up to ``train.eval_samples`` held-out calls
-    loss.png            the loss curves (``output.plot``)
-    recipe.yaml         the recipe as run
+    versions/v0001/     one complete version per training: PEFT files + tokenizer +
+    versions/v0002/     localdistil.json (what dispatch loads), metrics.json, eval.json,
+                        eval.md, loss.png (see :mod:`localdistil.models.versions`)
+    promoted            which version everything loads (written atomically)
+    checkpoints/        periodic trainer checkpoints of the latest training (``--resume``
+                        continues from the last complete one; one a killed run left
+                        half-written is removed)
+    recipe.yaml         the recipe of the latest training
 
-Everything that can be wrong with the input (an existing output directory, missing or empty
-data, records of several functions, an unknown model, a GPU-only option on a CPU machine) is
-reported before any model is loaded. Precision ``auto`` is bf16 on GPUs that support it and fp32
-otherwise. The adapter is written into a temporary directory and renamed into place, so a crash
-never leaves a half-written adapter that looks complete.
+Each training of the same ``output.dir`` writes a new version; ``--overwrite`` deletes the run
+directory first (every version with it) and ``--resume`` continues the latest training from its
+checkpoints (a training that is not resumed starts afresh and removes them). During training the
+held-out calls are answered every ``train.eval_every`` steps (:mod:`localdistil.training.gate`):
+the version written is the best state by held-out exact match, and training stops early as
+``train.patience`` says. The new version is then evaluated on up to ``train.eval_samples``
+held-out calls and judged by the recipe's ``gate:``, on the same calls as the promoted version
+(which answers them again, unless its own evaluation was on exactly these calls). It is promoted
+only if it passes; otherwise it stays a candidate: :attr:`TrainResult.promoted` is false and
+``localdistil train`` exits with status 3 (promote it by hand with ``localdistil runs promote``).
+A version trained without held-out calls is promoted unjudged.
+
+Everything that can be wrong with the input (a directory that is not a training run, missing or
+empty data, records of several functions, an unknown model, a GPU-only option on a CPU machine)
+is reported before any model is loaded. Precision ``auto`` is bf16 on GPUs that support it and
+fp32 otherwise. A version is written into a temporary directory and renamed into place, so a
+crash never leaves a half-written version that looks complete.
 
 Several processes (``accelerate launch --num_processes 2 -m localdistil train recipe.yaml``; DDP by
 default, FSDP with an accelerate config, see ``recipes/accelerate/``) train one adapter together.
 Every process checks the input; the main one alone fetches or converts the model first (the
 others then find it cached), prepares ``output.dir`` (``--overwrite`` deletes it once, after every
-process has checked it) and writes the adapter, manifest, metrics, evaluation and plot; the
-Trainer writes checkpoints across processes, so ``--resume`` works as in one process. The other
-processes return once the adapter is gathered, with ``TrainResult.is_main_process`` false.
+process has checked it), answers the held-out calls during training (the others wait for its
+decision to stop) and writes the version, its evaluation and plot; the Trainer writes checkpoints
+across processes, so ``--resume`` works as in one process. The other processes return once the
+adapter is gathered, with ``TrainResult.is_main_process`` false.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
@@ -36,13 +51,32 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from localdistil.models.adapter import ADAPTER_SUBDIR, Manifest, library_versions, tokenizer_hash, write_manifest, writing_directory
-from localdistil.training.dataset import TrainingData, build_dataset, format_report, select_records
-from localdistil.errors import RecipeError
+from localdistil.errors import AdapterError, RecipeError
+from localdistil.models.adapter import (
+    ADAPTER_SUBDIR,
+    Manifest,
+    adapter_dir,
+    library_versions,
+    tokenizer_hash,
+    write_manifest,
+)
 from localdistil.models.resolve import load_tokenizer, model_content_hash, resolve_model
+from localdistil.models.versions import (
+    PROMOTED_NAME,
+    VERSIONS_SUBDIR,
+    promote,
+    promoted_version,
+    remove_unfinished_versions,
+    writing_version,
+)
 from localdistil.prompts import PROMPT_VERSION
+from localdistil.training.dataset import TrainingData, build_dataset, format_report, select_records
+from localdistil.training.gate import GateVerdict, judge, time_to_gate
 
 if TYPE_CHECKING:
+    from localdistil.records import Record
+    from localdistil.training.evaluate import EvalReport
+    from localdistil.training.gate import AccuracyCallback
     from localdistil.training.recipe import Recipe
 
 CHECKPOINTS_SUBDIR = "checkpoints"
@@ -52,17 +86,29 @@ PROCESS_GROUP_TIMEOUT = timedelta(seconds=1800)
 
 @dataclasses.dataclass
 class TrainResult:
-    """Where a training run put everything, and its headline figures."""
+    """Where a training run put everything, its headline figures, and the gate's verdict."""
 
     output_dir: Path
     adapter_dir: Path
+    """The new version's directory (``output_dir/versions/vNNNN``), promoted or not."""
     metrics: dict[str, Any]
     is_main_process: bool = True
-    """False in the other processes of a multi-process run: they wrote nothing and did not evaluate."""
+    """False in the other processes of a multi-process run: they wrote nothing, judged nothing."""
+    version: str | None = None
+    """The new version's name (``v0003``); None in the other processes."""
+    promoted: bool = False
+    """Whether the new version passed the gate and is now what ``output_dir`` loads."""
+    gate: GateVerdict | None = None
 
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _is_run(directory: Path) -> bool:
+    """Whether ``directory`` is a training run's (so a new training may add a version to it)."""
+    return any((directory / name).exists()
+               for name in ("recipe.yaml", VERSIONS_SUBDIR, PROMOTED_NAME, ADAPTER_SUBDIR))
 
 
 def _prepare_output(output_dir: Path, *, overwrite: bool, resume: bool) -> None:
@@ -71,13 +117,16 @@ def _prepare_output(output_dir: Path, *, overwrite: bool, resume: bool) -> None:
     has_content = output_dir.is_dir() and any(output_dir.iterdir())
     if resume:
         if not (output_dir / "recipe.yaml").is_file():
-            raise RecipeError(f"output.dir: {output_dir} holds no training run to resume. Run without --resume.",
-                              key="output.dir")
+            raise RecipeError(f"output.dir: {output_dir} holds no training run to resume. Run "
+                              "without --resume.", key="output.dir")
         return
-    if has_content and not overwrite:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise RecipeError(f"output.dir: {output_dir} is a file, not a directory. Choose another "
+                          "directory (output.dir=...).", key="output.dir")
+    if has_content and not overwrite and not _is_run(output_dir):
         raise RecipeError(
-            f"output.dir: {output_dir} already exists. Pass --overwrite to replace it, --resume to continue "
-            f"its interrupted run, or choose another directory (output.dir=...).",
+            f"output.dir: {output_dir} already exists and is not a training run's directory. Pass "
+            f"--overwrite to replace it, or choose another directory (output.dir=...).",
             key="output.dir",
         )
 
@@ -133,19 +182,25 @@ def choose_precision(recipe: Recipe) -> str:
             key="train.quantization",
         )
     if precision == "fp16" and not cuda:
-        raise RecipeError("train.precision: fp16 needs a CUDA GPU. Use auto, fp32 or bf16 on a CPU.", key="train.precision")
+        raise RecipeError("train.precision: fp16 needs a CUDA GPU. Use auto, fp32 or bf16 on a "
+                          "CPU.", key="train.precision")
     if precision == "auto":
         return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
     return precision
 
 
 def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> TrainResult:
-    """Train a LoRA adapter as ``recipe`` says, and write the run directory.
+    """Train a LoRA adapter as ``recipe`` says, write it as a new version of the run, and
+    promote it if it passes the recipe's gate.
 
     Args:
         recipe: a validated recipe (see :func:`localdistil.training.recipe.load_recipe`).
-        overwrite: replace an existing ``output.dir``.
-        resume: continue an interrupted run from its last checkpoint.
+        overwrite: delete an existing ``output.dir`` first, every version with it.
+        resume: continue the latest, interrupted training from its last checkpoint.
+
+    Returns:
+        A :class:`TrainResult`. A version the gate refuses is no error: ``promoted`` is false and
+        ``gate.reasons`` says why (the command line exits with status 3).
 
     Raises:
         RecipeError, DatasetError, ModelError: bad input, before any model is loaded.
@@ -161,40 +216,98 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
 
     state.wait_for_everyone()  # every process has checked output.dir before the main one changes it
     if main:
-        if overwrite and output_dir.exists():
-            shutil.rmtree(output_dir)
-        if resume:
-            _remove_incomplete_checkpoints(output_dir / CHECKPOINTS_SUBDIR)
-            for unfinished in output_dir.glob(f".{ADAPTER_SUBDIR}.*-*"):  # killed while writing the adapter
-                shutil.rmtree(unfinished, ignore_errors=True)
+        _clear_output(output_dir, overwrite=overwrite, resume=resume)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     state.wait_for_everyone()
     resume_from = _last_checkpoint(output_dir / CHECKPOINTS_SUBDIR) if resume else None
     if resume and main:
         _say(f"resuming from {resume_from}" if resume_from else
-             f"no complete checkpoint in {output_dir / CHECKPOINTS_SUBDIR} yet: training from the first step")
+             f"no complete checkpoint in {output_dir / CHECKPOINTS_SUBDIR} yet: training from the "
+             "first step")
 
     tokenizer = load_tokenizer(model_path)
     data = build_dataset(selection, tokenizer, recipe)
     if main:
         _say(format_report(data.report))
+    manifest = _manifest(recipe, model_path, tokenizer, data) if main else None
+    held_out = [r for r in selection.eval if r.args is not None][: recipe.train.eval_samples]
 
     trainer = _make_trainer(recipe, model_path, tokenizer, data, output_dir, precision)
+    watch = _watch(recipe, trainer, held_out, tokenizer, manifest, output_dir, resume_from)
     if main:
         processes = f" x {state.num_processes} processes" if state.num_processes > 1 else ""
-        _say(f"training {recipe.model} with LoRA r={recipe.lora.r} in {precision} on {_device_name()}{processes}")
+        _say(f"training {recipe.model} with LoRA r={recipe.lora.r} in {precision} on "
+             f"{_device_name()}{processes}")
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - started
 
     metrics = _metrics(trainer, data, seconds, precision)
-    adapter_path = output_dir / ADAPTER_SUBDIR
+    if watch is not None:
+        metrics.update(_accuracy_metrics(watch, recipe))
+        best = watch.restore_best(trainer.accelerator.unwrap_model(trainer.model)) if main else None
+        if best is not None:
+            metrics["best_step"] = best.step
+            if best.step != metrics["steps"]:
+                _say(f"keeping the best state, from step {best.step} (held-out exact match "
+                     f"{best.exact_match:.1%}), not the last one (step {metrics['steps']})")
     # FSDP shards the weights: every process takes part in gathering them (as Trainer.save_model)
-    state_dict = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
+    fsdp = trainer.is_fsdp_enabled
+    state_dict = trainer.accelerator.get_state_dict(trainer.model) if fsdp else None
     if not main:
-        return TrainResult(output_dir=output_dir, adapter_dir=adapter_path, metrics=metrics, is_main_process=False)
-    manifest = Manifest(
+        return TrainResult(output_dir=output_dir, adapter_dir=output_dir, metrics=metrics,
+                           is_main_process=False)
+    current = _current_version(output_dir)
+    with writing_version(output_dir) as (name, staging):
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.save_pretrained(staging, state_dict=state_dict)
+        tokenizer.save_pretrained(staging)
+        write_manifest(staging, manifest.model_copy(update={"metrics": dict(metrics)}))
+        _write_json(staging / "metrics.json", metrics)
+        if recipe.output.plot:
+            plot_losses(metrics, staging / "loss.png")
+    version_path = output_dir / VERSIONS_SUBDIR / name
+    # evaluated where it will stay, so that dispatch in this process finds its engine loaded
+    verdict = _evaluate_and_judge(recipe, version_path, held_out, current, metrics)
+    metrics["gate"] = verdict.to_dict()
+    _write_json(version_path / "metrics.json", metrics)
+    if verdict.passed:
+        promote(output_dir, name)
+    _say(_verdict_message(output_dir, name, verdict, current))
+    return TrainResult(output_dir=output_dir, adapter_dir=version_path, metrics=metrics,
+                       version=name, promoted=verdict.passed, gate=verdict)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Replace ``path`` with ``data`` as JSON, atomically (a reader sees the old or the new)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _clear_output(output_dir: Path, *, overwrite: bool, resume: bool) -> None:
+    """Make ``output_dir`` ready for this training (main process, after every check)."""
+    if overwrite and output_dir.exists():
+        shutil.rmtree(output_dir)
+        return
+    checkpoints = output_dir / CHECKPOINTS_SUBDIR
+    if resume:
+        _remove_incomplete_checkpoints(checkpoints)
+    elif checkpoints.is_dir():
+        _say(f"starting a new training in {output_dir}: removing the checkpoints of its previous "
+             "one (--resume continues that one instead)")
+        shutil.rmtree(checkpoints)
+    for unfinished in remove_unfinished_versions(output_dir):
+        _say(f"removing {unfinished}: a run was stopped while writing it")
+    for unfinished in output_dir.glob(f".{ADAPTER_SUBDIR}.*-*"):  # runs from before versions
+        shutil.rmtree(unfinished, ignore_errors=True)
+
+
+def _manifest(recipe: Recipe, model_path: Path, tokenizer: Any, data: TrainingData) -> Manifest:
+    """The new version's manifest (its metrics are added once trained); the in-training
+    evaluations answer through an engine that carries it too."""
+    return Manifest(
         base_model=recipe.model,
         base_model_path=str(model_path),
         base_model_hash=model_content_hash(model_path),
@@ -204,26 +317,108 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
         prompt_version=PROMPT_VERSION,
         max_output_tokens=max(data.train["completion_length"]),
         recipe=recipe.as_dict(),
-        metrics=metrics,
         versions=library_versions(),
     )
-    with writing_directory(adapter_path) as staging:
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(staging, state_dict=state_dict)
-        tokenizer.save_pretrained(staging)
-        write_manifest(staging, manifest)
-    held_out = [r for r in selection.eval if r.args is not None][: recipe.train.eval_samples]
-    if held_out:
-        from localdistil.training.evaluate import evaluate, format_eval, write_eval
 
-        _say(f"evaluating the adapter on {len(held_out)} held-out call(s)")
-        report = evaluate(adapter_path, held_out)
-        write_eval(report, output_dir)
-        metrics["eval"] = {k: v for k, v in report.to_dict().items() if k != "samples"}
-        _say(format_eval(report))
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    if recipe.output.plot:
-        plot_losses(metrics, output_dir / "loss.png")
-    return TrainResult(output_dir=output_dir, adapter_dir=adapter_path, metrics=metrics)
+
+def _watch(recipe: Recipe, trainer: Any, held_out: list[Record], tokenizer: Any,
+           manifest: Manifest | None, output_dir: Path,
+           resume_from: Path | None) -> AccuracyCallback | None:
+    """The callback that measures held-out accuracy during training, added to ``trainer``;
+    None without held-out calls (or without a held-out loss to rank ties by)."""
+    if not held_out or trainer.eval_dataset is None:
+        return None
+    from localdistil.training.gate import accuracy_callback
+
+    t = recipe.train
+    if trainer.is_fsdp_enabled and trainer.accelerator.is_main_process:
+        _say("FSDP shards the weights, so held-out accuracy is not measured during training "
+             "(no best state kept, no early stop); the new version is still judged by the gate")
+    callback = accuracy_callback(
+        records=held_out, tokenizer=tokenizer, manifest=manifest, path=output_dir,
+        eval_every=t.eval_every, patience=t.patience, min_exact=recipe.gate.min_exact,
+        min_valid=recipe.gate.min_valid, batch_size=t.batch_size, resume_from=resume_from,
+        enabled=not trainer.is_fsdp_enabled, say=_say)
+    trainer.add_callback(callback)
+    return callback
+
+
+def _accuracy_metrics(watch: AccuracyCallback, recipe: Recipe) -> dict[str, Any]:
+    history = watch.history
+    return {
+        "eval_every": getattr(watch, "every", None),
+        "accuracy": [{"step": e.step, "exact_match": e.exact_match, "valid_rate": e.valid_rate,
+                      "fields": e.fields, "eval_loss": e.eval_loss, "time_s": e.time_s}
+                     for e in history],
+        "stopped_early": watch.stopped,
+        "time_to_gate_s": time_to_gate(history, recipe.gate.min_exact, recipe.gate.min_valid),
+        "gate_min_exact": recipe.gate.min_exact,
+    }
+
+
+def _current_version(output_dir: Path) -> tuple[str, Path] | None:
+    """``(name, adapter directory)`` of what ``output_dir`` loads now, before the new version:
+    the promoted version, or the ``adapter/`` of a run from before versions; None if neither."""
+    try:
+        path = adapter_dir(output_dir)
+    except AdapterError:
+        return None
+    return (promoted_version(output_dir) or f"{ADAPTER_SUBDIR}/"), path
+
+
+def _evaluate_and_judge(recipe: Recipe, version: Path, held_out: list[Record],
+                        current: tuple[str, Path] | None, metrics: dict[str, Any]) -> GateVerdict:
+    """Evaluate the new ``version``, write its ``eval.json`` and ``eval.md``, and judge it by the
+    gate against ``current`` on the same held-out calls."""
+    if not held_out:
+        return judge(recipe.gate, None)
+    from localdistil.training.evaluate import evaluate, format_eval, write_eval
+
+    _say(f"evaluating {version.name} on {len(held_out)} held-out call(s)")
+    batch_size = recipe.train.batch_size
+    report = evaluate(version, held_out, batch_size=batch_size)
+    write_eval(report, version)
+    metrics["eval"] = {k: v for k, v in report.to_dict().items() if k != "samples"}
+    _say(format_eval(report))
+    against = against_report = None
+    if recipe.gate.not_worse and current is not None:
+        against, path = current
+        against_report = _earlier_evaluation(path, held_out)
+        if against_report is None:
+            _say(f"evaluating the promoted {against} on the same {len(held_out)} call(s)")
+            against_report = evaluate(path, held_out, batch_size=batch_size)
+    return judge(recipe.gate, report, against=against, against_report=against_report)
+
+
+def _earlier_evaluation(version: Path, held_out: list[Record]) -> EvalReport | None:
+    """A version's own evaluation, when it answered exactly ``held_out`` (greedy decoding
+    answers the same calls the same way again); else None."""
+    from localdistil.training.evaluate import EvalReport
+
+    try:
+        saved = json.loads((version / "eval.json").read_text(encoding="utf-8"))
+        report = EvalReport(**saved)
+    except (OSError, ValueError, TypeError):
+        return None
+    asked = [(s.get("args"), s.get("expected")) for s in report.samples]
+    return report if asked == [(r.args, r.output) for r in held_out] else None
+
+
+def _verdict_message(output_dir: Path, name: str, verdict: GateVerdict,
+                     current: tuple[str, Path] | None) -> str:
+    if verdict.passed and not verdict.judged:
+        return (f"promoted {name} unjudged: no held-out calls were answered (train.eval_samples "
+                "is 0 or there is no held-out data)")
+    if verdict.passed:
+        compared = (f", not worse than {verdict.against} ({verdict.against_exact:.1%})"
+                    if verdict.against else "")
+        return (f"promoted {name}: exact match {verdict.exact_match:.1%}, valid "
+                f"{verdict.valid_rate:.1%} on {verdict.calls} held-out call(s){compared}")
+    still = (f"{output_dir} still loads {current[0]}" if current else
+             f"no version of {output_dir} is promoted yet")
+    return (f"the gate refused {name}, which stays a candidate ({still}):\n  "
+            + "\n  ".join(verdict.reasons)
+            + f"\npromote it anyway with: python -m localdistil runs promote {output_dir} {name}")
 
 
 def _process_state() -> Any:
@@ -244,7 +439,8 @@ def _device_name() -> str:
     return f"GPU ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "CPU"
 
 
-def _make_trainer(recipe: Recipe, model_path: Path, tokenizer: Any, data: TrainingData, output_dir: Path, precision: str):
+def _make_trainer(recipe: Recipe, model_path: Path, tokenizer: Any, data: TrainingData,
+                  output_dir: Path, precision: str):
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
@@ -257,7 +453,8 @@ def _make_trainer(recipe: Recipe, model_path: Path, tokenizer: Any, data: Traini
         from transformers import BitsAndBytesConfig
 
         model_kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True
         )
     if torch.cuda.is_available():
         model_kwargs["attn_implementation"] = "sdpa"
@@ -265,7 +462,8 @@ def _make_trainer(recipe: Recipe, model_path: Path, tokenizer: Any, data: Traini
     if t.quantization == "4bit":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=t.gradient_checkpointing)
 
     has_eval = data.eval is not None
     config = SFTConfig(
@@ -322,7 +520,9 @@ def _make_trainer(recipe: Recipe, model_path: Path, tokenizer: Any, data: Traini
 def _metrics(trainer: Any, data: TrainingData, seconds: float, precision: str) -> dict[str, Any]:
     history = trainer.state.log_history
     train_loss = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
-    eval_loss = [{"step": h["step"], "loss": h["eval_loss"]} for h in history if "eval_loss" in h]
+    # the held-out loss once per step (a step can be evaluated twice: at an epoch's end too)
+    eval_by_step = {h["step"]: h["eval_loss"] for h in history if "eval_loss" in h}
+    eval_loss = [{"step": step, "loss": loss} for step, loss in eval_by_step.items()]
     steps = trainer.state.global_step
     epochs_done = trainer.state.epoch or 0.0
     # TRL counts the real (non-padding) tokens it fed, since the start of the run
@@ -341,7 +541,8 @@ def _metrics(trainer: Any, data: TrainingData, seconds: float, precision: str) -
         "final_eval_loss": eval_loss[-1]["loss"] if eval_loss else None,
         "train_seconds": round(seconds, 2),
         "trained_tokens": trained_tokens,
-        "tokens_per_second": round(trained_tokens / seconds, 1) if seconds > 0 and trained_tokens else None,
+        "tokens_per_second": (round(trained_tokens / seconds, 1)
+                              if seconds > 0 and trained_tokens else None),
         "dataset": {
             "records_read": report.selection.read,
             "invalid_lines": len(report.selection.problems),
@@ -353,22 +554,44 @@ def _metrics(trainer: Any, data: TrainingData, seconds: float, precision: str) -
 
 
 def plot_losses(metrics: dict[str, Any], path: Path) -> None:
-    """Draw the train (and eval) loss against the step into a PNG."""
+    """Draw the train (and eval) loss against the step into a PNG, and beside it the held-out
+    exact match and valid rate of the evaluations during training (when there were any), with
+    the gate's ``min_exact`` and the state kept."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(6, 3.5), dpi=100)
+    accuracy = metrics.get("accuracy") or []
+    figure, panels = plt.subplots(1, 2 if accuracy else 1, figsize=(11 if accuracy else 6, 3.5),
+                                  dpi=100, squeeze=False)
+    axes = panels[0][0]
     for key, label in (("train_loss", "train"), ("eval_loss", "eval")):
         points = metrics.get(key) or []
         if points:
-            axes.plot([p["step"] for p in points], [p["loss"] for p in points], marker="o" if key == "eval_loss" else None, label=label)
+            axes.plot([p["step"] for p in points], [p["loss"] for p in points],
+                      marker="o" if key == "eval_loss" else None, label=label)
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
     axes.set_yscale("log")
     axes.legend()
     axes.grid(alpha=0.3)
+    if accuracy:
+        axes = panels[0][1]
+        steps = [e["step"] for e in accuracy]
+        axes.plot(steps, [e["exact_match"] for e in accuracy], marker="o",
+                  label="held-out exact match")
+        axes.plot(steps, [e["valid_rate"] for e in accuracy], marker=".", linestyle="--",
+                  label="valid")
+        gate = metrics.get("gate_min_exact")
+        if gate is not None:
+            axes.axhline(gate, color="grey", linewidth=0.8, linestyle=":", label="gate.min_exact")
+        if metrics.get("best_step") is not None:
+            axes.axvline(metrics["best_step"], color="green", linewidth=0.8, label="kept")
+        axes.set_xlabel("step")
+        axes.set_ylim(-0.03, 1.03)
+        axes.legend(fontsize="small")
+        axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
