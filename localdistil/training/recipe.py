@@ -32,10 +32,8 @@ recipe's own directory (as in torchtune): run the command from the project root.
 
 from __future__ import annotations
 
-import copy
-import difflib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -46,11 +44,11 @@ from pydantic import (
     Field,
     PrivateAttr,
     StringConstraints,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
+from localdistil.config import CheckFailed, read_yaml, validate
 from localdistil.errors import RecipeError, RecordError
 from localdistil.records import expand_paths
 
@@ -60,14 +58,6 @@ __all__ = ["DataSection", "GateSection", "LoraSection", "OutputSection", "Recipe
 _Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 _Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                      "constant_with_warmup", "inverse_sqrt"]
-
-
-class _CheckFailed(ValueError):
-    """A check failed on ``key`` (a dotted YAML key); the message names every key involved."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(message)
 
 
 class _Section(BaseModel):
@@ -106,7 +96,7 @@ class DataSection(_Section):
     def _check_eval(self) -> DataSection:
         if self.eval is not None:
             if "eval_fraction" in self.model_fields_set and self.eval_fraction != 0:
-                raise _CheckFailed("data.eval", (
+                raise CheckFailed("data.eval", (
                     "data.eval and data.eval_fraction are both set. Hold out data one way: "
                     "remove data.eval_fraction to use the data.eval files, or data.eval to "
                     "split data.train"))
@@ -203,7 +193,7 @@ class TrainSection(_Section):
     @model_validator(mode="after")
     def _check_quantization(self) -> TrainSection:
         if self.quantization == "4bit" and self.precision == "fp32":
-            raise _CheckFailed("train.quantization", (
+            raise CheckFailed("train.quantization", (
                 "4bit cannot be combined with train.precision: fp32 (a 4-bit base model computes "
                 "in bf16 or fp16). Set train.precision to auto, bf16 or fp16, or "
                 "train.quantization to none"))
@@ -262,17 +252,17 @@ class Recipe(_Section):
     def _check_eval_steps(self) -> Recipe:
         held_out = self.data.eval is not None or self.data.eval_fraction > 0
         if self.train.eval_steps is not None and not held_out:
-            raise _CheckFailed("train.eval_steps", (
+            raise CheckFailed("train.eval_steps", (
                 "is set but there is no held-out data (data.eval_fraction is 0 and data.eval is "
                 "not set). Set data.eval_fraction above 0, give data.eval files, or remove "
                 "train.eval_steps"))
         if self.train.eval_every is not None and not held_out:
-            raise _CheckFailed("train.eval_every", (
+            raise CheckFailed("train.eval_every", (
                 "is set but there is no held-out data to evaluate (data.eval_fraction is 0 and "
                 "data.eval is not set). Set data.eval_fraction above 0, give data.eval files, or "
                 "remove train.eval_every"))
         if self.train.eval_every is not None and self.train.eval_samples == 0:
-            raise _CheckFailed("train.eval_every", (
+            raise CheckFailed("train.eval_every", (
                 "is set but train.eval_samples is 0, so no held-out call would be answered. Set "
                 "train.eval_samples above 0 or remove train.eval_every"))
         return self
@@ -297,23 +287,8 @@ def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
             the file, line and column), or does not describe a valid recipe (every problem is
             listed as ``<dotted.key>: <what is wrong>. <how to fix>``; ``.key`` is the first).
     """
-    source = Path(path)
-    try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError(f"{source}: no such recipe file (relative paths start at {Path.cwd()}). "
-                          "Check the path, e.g. recipes/three_digit_multiply.yaml") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"{source}: cannot read the recipe: {exc}") from None
-    try:
-        raw = yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(source)
-        parts = (getattr(exc, "context", None), getattr(exc, "problem", None))
-        problem = " ".join(str(part) for part in parts if part) or str(exc)
-        raise RecipeError(f"{where}: invalid YAML: {problem}. Fix the file at that line") from None
-    return parse_recipe(raw, overrides=overrides, source=source)
+    raw = read_yaml(path, example="recipes/three_digit_multiply.yaml")
+    return parse_recipe(raw, overrides=overrides, source=path)
 
 
 def parse_recipe(data: Any, overrides: Sequence[str] = (), *,
@@ -323,25 +298,8 @@ def parse_recipe(data: Any, overrides: Sequence[str] = (), *,
     ``source`` names the file in messages and becomes :attr:`Recipe.source`. Raises
     :class:`RecipeError` as :func:`load_recipe` does.
     """
-    where = f"{source}: " if source is not None else ""
-    if data is None:
-        raise RecipeError(f"{where}the recipe is empty. "
-                          "It needs at least model: and data: {train: [...]}")
-    if not isinstance(data, Mapping):
-        raise RecipeError(f"{where}the top level of a recipe must be a mapping of keys "
-                          f"(model:, data:, ...), not a {type(data).__name__}")
-    raw = copy.deepcopy(dict(data))
-    for override in [overrides] if isinstance(overrides, str) else overrides:
-        _apply_override(raw, override)
-    try:
-        recipe = Recipe.model_validate(raw)
-    except ValidationError as exc:
-        lines: dict[str, str] = {}
-        for error in exc.errors():
-            key, line = _describe(error)
-            lines.setdefault(key, line)  # a union reports each failed branch: keep the first
-        header = f"Invalid recipe {source}:" if source is not None else "Invalid recipe:"
-        raise RecipeError("\n  ".join([header, *lines.values()]), key=next(iter(lines))) from None
+    recipe = validate(Recipe, data, overrides, source=source,
+                      needs="model: and data: {train: [...]}")
     recipe._source = None if source is None else Path(source)
     return recipe
 
@@ -361,96 +319,3 @@ def resolve_data_files(patterns: str | Sequence[str], *, key: str = "data.train"
     except RecordError as exc:
         raise RecipeError(f"{key}: {exc} Relative paths start at the current directory, "
                           f"{Path.cwd()}", key=key) from None
-
-
-class _RecipeLoader(yaml.SafeLoader):
-    """A SafeLoader that rejects a key given twice in one mapping."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[str] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                if key_node.value in seen:
-                    problem = f"the key {key_node.value!r} appears twice in one mapping; keep one"
-                    mark = key_node.start_mark
-                    raise yaml.constructor.ConstructorError(None, None, problem, mark)
-                seen.add(key_node.value)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _section_of(section: type[BaseModel], name: str) -> type[BaseModel] | None:
-    """The section model a field holds, or None for a plain value."""
-    annotation = section.model_fields[name].annotation
-    is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-    return annotation if is_section else None
-
-
-def _unknown_key(key: str, section: type[BaseModel]) -> str:
-    prefix, _, name = key.rpartition(".")
-    valid = list(section.model_fields)
-    close = difflib.get_close_matches(name, valid, n=1)
-    if close:
-        return f"{key}: unknown key. Did you mean '{prefix + '.' if prefix else ''}{close[0]}'?"
-    under = f" under {prefix}" if prefix else ""
-    return f"{key}: unknown key. Valid keys{under}: {', '.join(valid)}"
-
-
-def _apply_override(raw: dict[str, Any], override: str) -> None:
-    """Set one ``dotted.key=value`` in the raw recipe mapping (value parsed as YAML)."""
-    key, sep, text = override.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise RecipeError(f"override {override!r} is not key=value. Write e.g. train.max_steps=20",
-                          key=key or None)
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or exc
-        raise RecipeError(f"override {override!r}: the value is not valid YAML ({problem}). "
-                          f"Correct it, or quote a string in YAML: {key}=\"'text'\"",
-                          key=key) from None
-    parts, section, target = key.split("."), Recipe, raw
-    for depth, name in enumerate(parts):
-        dotted = ".".join(parts[: depth + 1])
-        if section is None:
-            parent = ".".join(parts[:depth])
-            raise RecipeError(f"override {override!r}: {parent} is a value, not a section, so it "
-                              f"has no key {name!r}", key=dotted)
-        if name not in section.model_fields:
-            raise RecipeError(f"override {override!r}: {_unknown_key(dotted, section)}", key=dotted)
-        if depth == len(parts) - 1:
-            target[name] = value
-            return
-        if target.get(name) is None:
-            target[name] = {}
-        if not isinstance(target[name], dict):
-            raise RecipeError(f"override {override!r}: {dotted} in the recipe is {target[name]!r}, "
-                              "not a section. Make it a mapping first", key=dotted)
-        section, target = _section_of(section, name), target[name]
-
-
-def _describe(error: Any) -> tuple[str, str]:
-    """One pydantic error as (dotted key, ``<key>: <what is wrong>. <how to fix>``)."""
-    cause = (error.get("ctx") or {}).get("error")
-    if isinstance(cause, _CheckFailed):
-        return cause.key, f"{cause.key}: {cause}"
-    key, section, field = "", Recipe, None  # walk the location through the sections
-    for part in error["loc"]:
-        if section is not None:
-            key = f"{key}.{part}" if key else str(part)
-            if part not in section.model_fields:  # an unknown key: the walk ends here
-                return key, _unknown_key(key, section)
-            field, section = section.model_fields[part], _section_of(section, part)
-        elif isinstance(part, int):
-            key += f"[{part}]"
-        # else: the name of a union member (e.g. 'list[str]'), not a YAML key
-    expected = f"; expected: {field.description}" if field is not None and field.description else ""
-    if error["type"] == "missing":
-        return key, f"{key}: required key is missing. Add it{expected}"
-    message = error["msg"].removeprefix("Value error, ")
-    if isinstance(cause, ValueError):
-        return key, f"{key}: {message}"
-    got = repr(error["input"])
-    got = got if len(got) <= 60 else got[:57] + "..."
-    return key, f"{key}: {message} (got {got}). Fix the value{expected}"
-
