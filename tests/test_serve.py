@@ -10,14 +10,12 @@ request loop is bounded in count and time (the clients' ``timeout``, ``max_retri
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import pytest
 from pydantic import BaseModel
+from serving import running
 
 from localdistil import FunctionSpec, Instructions
 from localdistil.inference.engine import Engine
@@ -96,34 +94,14 @@ def server(adapters, tiny_model_dir):
     """The server in-process on 127.0.0.1 (a free port), in a background thread: the two
     adapters (``triage`` named explicitly, ``classify`` by its manifest) and the tiny model as
     the base model ``tiny``. Yields ``(base_url, app)``."""
-    import uvicorn
-
     from localdistil.serve import create_app, load_served
 
     served = load_served([f"triage={adapters['triage']}", str(adapters["classify"])],
                          base=f"tiny={tiny_model_dir}")
     app = create_app(served, api_key=API_KEY, max_batch=8, batch_wait_ms=5,
                      max_prompt_tokens=MAX_PROMPT_TOKENS)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server did not start within 30 s"
-        time.sleep(0.05)
-    yield url, app
-    server.should_exit = True
-    thread.join(timeout=15)
-    sock.close()
-    assert not thread.is_alive(), "the server did not shut down"
+    with running(app) as url:
+        yield url, app
 
 
 @pytest.fixture

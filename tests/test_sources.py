@@ -14,11 +14,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from serving import running
 
 from localdistil import RecipeError
 from localdistil.inference.engine import Outcome
@@ -498,37 +498,12 @@ def test_the_local_engine_teacher_on_the_tiny_model(tmp_path, tiny_model_dir):
 @pytest.fixture(scope="module")
 def server_url(tiny_model_dir):
     """``localdistil serve --base tiny=<tiny model>`` on 127.0.0.1 at a free port, in a thread."""
-    import uvicorn
-
-    try:  # the openai client's HTTP library (httpx's successor in openai >= 3)
-        import httpx2 as httpx
-    except ImportError:  # pragma: no cover
-        import httpx
-
     from localdistil.serve import create_app, load_served
 
     app = create_app(load_served([], base=f"tiny={tiny_model_dir}"), max_batch=8,
                      batch_wait_ms=5)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server did not start within 30 s"
-        time.sleep(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=15)
-    sock.close()
-    assert not thread.is_alive(), "the server did not shut down"
+    with running(app) as url:
+        yield url
 
 
 def test_a_server_teacher_answers_under_the_schema(server_url):
