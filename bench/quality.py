@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ("three_digit_multiply", "extract_order", "normalize_quantity")
+EXAMPLES = ("three_digit_multiply", "extract_order", "normalize_quantity", "support_desk")
 
 
 def untrained_copy(adapter: Path, into: Path) -> Path:
@@ -56,6 +56,13 @@ def digit_accuracy(samples: list[dict], field: str) -> float:
         total += width
         right += sum(e == g for e, g in zip(expected, got))
     return right / total if total else 0.0
+
+
+def unordered_exact(samples: list[dict]) -> float:
+    """Share of tool-set answers holding exactly the expected calls, in any order."""
+    from localdistil.trace.toolset import same_calls
+
+    return sum(same_calls(s["expected"], s["got"]) for s in samples) / max(len(samples), 1)
 
 
 def measure(example: str, limit: int | None, batch_size: int) -> list[dict] | str:
@@ -88,6 +95,8 @@ def measure(example: str, limit: int | None, batch_size: int) -> list[dict] | st
                    "exact": report.exact_match, "valid": report.valid_rate, "fields": report.fields}
             if example == "three_digit_multiply":
                 row["digits"] = digit_accuracy(report.samples, "result")
+            if example == "support_desk":  # parallel calls: their order carries no meaning
+                row["exact"] = unordered_exact(report.samples)
             rows.append(row)
             print(f"  {example} {label}: exact {report.exact_match:.1%}, "
                   f"valid {report.valid_rate:.1%}",

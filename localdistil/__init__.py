@@ -17,6 +17,7 @@ from localdistil.errors import (
     ModelError,
     RecipeError,
     RecordError,
+    ToolCallError,
     TraceError,
     TraceWarning,
 )
@@ -28,6 +29,9 @@ from localdistil.trace import (
     DistilledFunction,
     Instructions,
     ShadowedFunction,
+    ToolCall,
+    Toolset,
+    ToolsetResult,
 )
 
 __version__ = "0.1.0"
@@ -50,6 +54,10 @@ __all__ = [
     "RecordError",
     "RecordSet",
     "ShadowedFunction",
+    "ToolCall",
+    "ToolCallError",
+    "Toolset",
+    "ToolsetResult",
     "TraceError",
     "TraceWarning",
     "__version__",

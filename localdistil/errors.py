@@ -11,7 +11,9 @@ Catch ``LocaldistilError`` to handle any of them::
      ├── ModelError                  a model reference cannot be resolved or loaded
      ├── AdapterError                an adapter directory is missing, partial or unreadable
      │    └── AdapterMismatchError   the adapter was trained for a different function
-     └── DispatchError               the local model did not produce a valid answer
+     ├── DispatchError               the local model did not produce a valid answer
+     └── ToolCallError               a tool set's call was refused (a tool's validators, or a
+                                     function tool that raised it to refuse its arguments)
 
 Every message names the thing to fix (the function, the file and line, the YAML key) and
 how; the exceptions carry that context as attributes too.
@@ -138,6 +140,33 @@ class DispatchError(LocaldistilError):
         self.function = function
         self.raw_output = raw_output
         self.adapter = None if adapter is None else str(adapter)
+        super().__init__(message)
+
+
+class ToolCallError(LocaldistilError, ValueError):
+    """A tool call of a :class:`~localdistil.Toolset` was refused.
+
+    Raised by a tool's validators (through the tool set), or by a function tool itself: raise
+    it inside a function tool to refuse the arguments it was called with, and the tool set
+    acts on it as its ``on_invalid`` says (sample again, ask the teacher, or raise).
+
+    Attributes:
+        tool: the tool whose call was refused, where known.
+        raw_output: the text the model generated, where a model answered.
+        attempts: how many answers were tried before giving up (0 when raised by a tool).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tool: str | None = None,
+        raw_output: str | None = None,
+        attempts: int = 0,
+    ):
+        self.tool = tool
+        self.raw_output = raw_output
+        self.attempts = attempts
         super().__init__(message)
 
 

@@ -21,7 +21,7 @@ order, values as compact JSON with sorted object keys.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic_core import to_json
@@ -138,3 +138,48 @@ def encode_completion(tokenizer: Any, completion: str) -> list[int]:
     """Token ids of an answer followed by the end-of-turn text, encoded on their own so that
     no token merges across the prompt/answer boundary (dispatch generates them the same way)."""
     return list(tokenizer.encode(completion + end_of_turn(tokenizer), add_special_tokens=False))
+
+
+# -- tool sets ---------------------------------------------------------------------------------
+#
+# A tool set is rendered as a function of one string parameter, the user's message:
+# ``support(user_message="Refund order 17")``. Its signature and its tool list take the place of
+# a function's signature and docstring, so the ``compact`` and ``full`` styles, the manifest,
+# ``Engine.call_prompt`` and the server's argument parsing all work on it unchanged.
+
+#: The one parameter of a tool set's prompt.
+TOOLSET_PARAMETER = "user_message"
+
+
+def toolset_signature(toolset_name: str) -> str:
+    """``def support(user_message: str) -> ToolCalls``: a tool set as a function."""
+    return f"def {toolset_name}({TOOLSET_PARAMETER}: str) -> ToolCalls"
+
+
+def toolset_doc(tools: Sequence[Mapping[str, Any]]) -> str:
+    """The tool list the ``full`` style shows: each tool's name and the first line of its
+    description (``tools``: mappings with ``name`` and, optionally, ``description``)."""
+    lines = ["Answer with calls of these tools:"]
+    for tool in tools:
+        description = (tool.get("description") or "").strip().splitlines()
+        lines.append(f"- {tool['name']}: {description[0]}" if description else f"- {tool['name']}")
+    return "\n".join(lines)
+
+
+def render_toolset_messages(
+    toolset_name: str,
+    tools: Sequence[Mapping[str, Any]],
+    user_message: str,
+    style: str = "compact",
+) -> list[dict[str, str]]:
+    """The prompt of one tool-set call: :func:`render_messages` of the call
+    ``toolset_name(user_message=...)``, with :func:`toolset_signature` and :func:`toolset_doc`
+    as the signature and docstring. The dataset builder, dispatch and the server render it
+    through here (or through the same ``render_messages`` call, from a manifest)."""
+    return render_messages(
+        name=toolset_name,
+        args={TOOLSET_PARAMETER: user_message},
+        style=style,
+        signature=toolset_signature(toolset_name),
+        doc=toolset_doc(tools),
+    )

@@ -18,6 +18,10 @@ dataset report. ``raw`` lines keep positional values as JSON and only need the s
 
 Any other chat file whose last message is an assistant ``function_call`` or ``tool_calls`` is
 read as prompt + answer (``source_format="openai"``, ``args=None``).
+
+A chat whose answer holds several ``tool_calls``, or one call among several declared ``tools``
+(what functioncalming and OpenAI logs of parallel tool calling hold), is the call of a tool set
+and keeps every call, in order (:func:`_parse_toolset_chat`).
 """
 
 from __future__ import annotations
@@ -31,8 +35,14 @@ import re
 from typing import Any
 
 from localdistil.errors import RecordError
-from localdistil.prompts import FULL_SYSTEM_HEADER, render_messages
-from localdistil.records.record import Record
+from localdistil.prompts import (
+    FULL_SYSTEM_HEADER,
+    TOOLSET_PARAMETER,
+    render_messages,
+    toolset_doc,
+    toolset_signature,
+)
+from localdistil.records.record import Record, toolset_schema
 
 #: Why the arguments of a plain OpenAI chat record are unknown.
 OPENAI_PROBLEM = "an OpenAI chat file holds the prompt text only, not the call's arguments"
@@ -51,6 +61,10 @@ def parse_chat(obj: dict[str, Any]) -> Record:
     if not messages or messages[-1].get("role") != "assistant":
         raise RecordError("the last message is not the assistant's answer")
     answer = messages[-1]
+    tool_calls = answer.get("tool_calls") or []
+    declared = [entry.get("function") or {} for entry in obj.get("tools") or []]
+    if len(tool_calls) > 1 or (tool_calls and len(declared) > 1):
+        return _parse_toolset_chat(messages[:-1], tool_calls, declared)
     if answer.get("function_call"):
         call = answer["function_call"]
     elif answer.get("tool_calls"):
@@ -86,6 +100,50 @@ def parse_chat(obj: dict[str, Any]) -> Record:
     return Record(
         function=call["name"], name=call["name"], args=None, output=output, output_schema=schema,
         prompt=prompt, source_format="openai",
+    )
+
+
+def _parse_toolset_chat(prompt: list[dict[str, Any]], tool_calls: list[dict[str, Any]],
+                        declared: list[dict[str, Any]]) -> Record:
+    """The record of a tool-set call read from an OpenAI chat: every call kept, in order.
+
+    The tool set is named after its tools (``Escalation_Refund_lookup_order``, sorted, as
+    files record no name for it) and its schema is built from the declared tools sorted by name
+    (functioncalming sends them in set order, which changes between processes), parallel, with
+    :data:`~localdistil.records.record.DEFAULT_MAX_CALLS`; so all records of one tool set group
+    together, whatever the order of their ``tools``. When the prompt is one user message
+    (system messages aside: a tool set's prompt has none), its text is the call's
+    ``user_message`` and the record is re-rendered like a traced tool-set call; otherwise it
+    keeps its recorded prompt (``args=None``).
+    """
+    calls = []
+    for index, tool_call in enumerate(tool_calls):
+        function = tool_call.get("function") or {}
+        try:
+            arguments = json.loads(function["arguments"] or "{}")
+        except json.JSONDecodeError as exc:
+            raise RecordError(f"the arguments of tool call {index + 1} ({function.get('name')}) "
+                              f"are not valid JSON: {exc.msg}") from None
+        if not isinstance(arguments, dict):
+            raise RecordError(f"the arguments of tool call {index + 1} are not a JSON object")
+        calls.append({"name": function["name"], "arguments": arguments})
+    tools = sorted((dict(d) for d in declared if d.get("name")), key=lambda d: d["name"])
+    names = [tool["name"] for tool in tools] or sorted({call["name"] for call in calls})
+    unknown = [call["name"] for call in calls if tools and call["name"] not in names]
+    if unknown:
+        raise RecordError(f"the assistant calls {unknown[0]!r}, which is not among the tools "
+                          f"({', '.join(names)})")
+    name = re.sub(r"\W", "_", "_".join(names))
+    users = [m for m in prompt if m.get("role") == "user"]
+    others = [m for m in prompt if m.get("role") not in ("user", "system")]
+    args = None
+    if len(users) == 1 and not others and isinstance(users[0].get("content"), str):
+        args = {TOOLSET_PARAMETER: users[0]["content"]}
+    return Record(
+        function=name, name=name, args=args, output={"tool_calls": calls},
+        output_schema=toolset_schema(name, tools) if tools else None,
+        signature=toolset_signature(name), doc=toolset_doc(tools or [{"name": n} for n in names]),
+        prompt=prompt, tools=tools or [{"name": n} for n in names], source_format="openai",
     )
 
 

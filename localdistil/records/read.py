@@ -1,6 +1,7 @@
 """Read trace records back from files: localdistil's own, and (through
 :mod:`localdistil.records.foreign`) instructor's ``Instructions`` files (messages and raw) and
-plain OpenAI chat fine-tuning files with ``tool_calls``.
+plain OpenAI chat fine-tuning files with ``tool_calls`` (several parallel calls included: a
+tool set's record keeps every one of them).
 
 A line that is malformed, truncated by a crash or not UTF-8 is reported (file, line, reason)
 and skipped, or raises :class:`~localdistil.errors.RecordError` with ``strict=True``.
@@ -161,5 +162,12 @@ def _parse_localdistil(obj: dict[str, Any]) -> Record:
         fingerprint=block.get("fingerprint"), schema_hash=block.get("schema_hash"),
         id=block.get("id"),
         ts=block.get("ts"), duration_s=block.get("duration_s"), extra=block.get("extra") or {},
-        source_format="localdistil",
+        tools=_toolset_tools(block, obj), source_format="localdistil",
     )
+
+
+def _toolset_tools(block: dict[str, Any], obj: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A tool-set record's tool definitions (from its ``tools``); ``None`` for a function's."""
+    if "toolset" not in block:
+        return None
+    return [dict(entry.get("function", entry)) for entry in obj.get("tools") or []]

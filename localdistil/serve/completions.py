@@ -11,6 +11,13 @@ presented as the message's content or as a tool call. Every client error is foun
   (:func:`~localdistil.serve.functions.call_prompt`); the answer is decoded under the adapter's
   own schema. A ``response_format`` schema or a tool's ``parameters`` must be that schema up to
   spelling (:mod:`~localdistil.serve.schemas`), or the request is a 400 saying what differs.
+- **A tool-set adapter** (its schema is a union over tools:
+  :func:`~localdistil.records.record.toolset_schema`) answers the last user message as its
+  ``user_message``, rendered as training rendered it, with one or several calls: the message's
+  ``tool_calls`` and ``finish_reason: "tool_calls"``. The request's ``tools`` (or a named
+  ``tool_choice``) narrow the grammar to the tools it names (:func:`~localdistil.serve.schemas.
+  restrict_toolset`); their parameter schemas are not compared with the adapter's, as clients
+  (functioncalming) send their own variants of them.
 - **A base model** answers the conversation under the schema the request gives:
   ``response_format`` ``json_schema``, ``json_object`` (any JSON object), or ``tools`` with
   ``tool_choice`` ``"required"``, ``"auto"`` or a named function (a grammar cannot leave the
@@ -33,6 +40,7 @@ from typing import Any
 
 from localdistil.errors import LocaldistilError
 from localdistil.inference.engine import Outcome
+from localdistil.records.record import output_calls, toolset_info
 from localdistil.serve.batcher import Decode
 from localdistil.serve.functions import ArgumentError, call_prompt, message_text, request_arguments
 from localdistil.serve.protocol import (
@@ -50,7 +58,7 @@ from localdistil.serve.protocol import (
     ToolCall,
     Usage,
 )
-from localdistil.serve.schemas import difference, tool_union
+from localdistil.serve.schemas import difference, restrict_toolset, tool_union
 from localdistil.serve.served import Loaded, ServedModel
 
 #: A base model's token budget when the request sets none.
@@ -73,6 +81,7 @@ class Plan:
         tool: the tool the answer is a call of; ``None`` for content.
         union: the answer is ``{"name", "arguments"}`` (a choice among several tools).
         fingerprint: reported as ``system_fingerprint``.
+        toolset: the answer is a tool-set adapter's: one call or ``{"tool_calls": [...]}``.
     """
 
     prompt: list[int]
@@ -80,6 +89,7 @@ class Plan:
     tool: str | None = None
     union: bool = False
     fingerprint: str | None = None
+    toolset: bool = False
 
 
 def plan(served: ServedModel, request: ChatCompletionRequest, *,
@@ -109,7 +119,8 @@ def plan(served: ServedModel, request: ChatCompletionRequest, *,
     temperature = request.temperature or 0.0
     decode = Decode(loaded.engine, schema, budget, temperature,
                     request.seed if temperature > 0 else None)
-    return Plan(prompt, decode, tool, union, served.fingerprint)
+    toolset = loaded.function is not None and toolset_info(loaded.schema) is not None
+    return Plan(prompt, decode, tool, union, served.fingerprint, toolset)
 
 
 def _refuse_unsupported(request: ChatCompletionRequest) -> None:
@@ -139,7 +150,16 @@ def _plan_adapter(served: ServedModel, loaded: Loaded, request: ChatCompletionRe
                   ) -> tuple[list[int], dict[str, Any], str | None, bool]:
     function, schema = loaded.function, loaded.schema
     assert function is not None and schema is not None
-    tool = _adapter_tool(served, schema, request)
+    if toolset_info(schema) is not None:  # a tool set: the answer is tool calls
+        tools = _tools(request)
+        forced = _forced(request, tools) if tools else None
+        try:
+            schema = restrict_toolset(schema, [forced] if forced else list(tools))
+        except ValueError as error:
+            raise APIError(400, f"{served.name}: {error}", param="tools") from None
+        tool: str | None = ""
+    else:
+        tool = _adapter_tool(served, schema, request)
     if tool is None:
         _check_response_format(served, schema, request)
     try:
@@ -274,6 +294,17 @@ def _check_length(prompt: list[int], budget: int, loaded: Loaded,
 # -- answers -----------------------------------------------------------------------------------
 
 
+def _tool_calls(plan: Plan, outcome: Outcome) -> list[tuple[str, str]]:
+    """The (name, arguments text) of each call of a tool-call answer: several for a tool set."""
+    if not plan.toolset:
+        return [_tool_call(plan, outcome)]
+    if not outcome.ok:  # ran out of tokens: the partial text, as one call's arguments
+        return [("", outcome.text)]
+    return [(str(call["name"]), json.dumps(call["arguments"], ensure_ascii=False,
+                                           separators=(",", ":")))
+            for call in output_calls(json.loads(outcome.text))]
+
+
 def _tool_call(plan: Plan, outcome: Outcome) -> tuple[str, str]:
     """The (name, arguments text) of a tool-call answer."""
     if not plan.union:
@@ -308,10 +339,10 @@ def completion(model: str, plan: Plan, outcome: Outcome) -> ChatCompletion:
     if plan.tool is None:
         message = ResponseMessage(content=outcome.text)
     else:
-        name, arguments = _tool_call(plan, outcome)
-        call = FunctionCall(name=name, arguments=arguments)
-        message = ResponseMessage(tool_calls=[ToolCall(id=f"call_{uuid.uuid4().hex[:24]}",
-                                                       function=call)])
+        message = ResponseMessage(tool_calls=[
+            ToolCall(id=f"call_{uuid.uuid4().hex[:24]}",
+                     function=FunctionCall(name=name, arguments=arguments))
+            for name, arguments in _tool_calls(plan, outcome)])
     return ChatCompletion(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()),
                           model=model, system_fingerprint=plan.fingerprint, usage=_usage(outcome),
                           choices=[Choice(message=message,
@@ -341,13 +372,14 @@ def chunks(model: str, plan: Plan, outcome: Outcome, *, include_usage: bool = Fa
         for start in range(0, len(text), CHUNK_CHARS):
             yield event(Delta(content=text[start:start + CHUNK_CHARS]))
     else:
-        name, text = _tool_call(plan, outcome)
-        yield event(Delta(role="assistant", tool_calls=[DeltaToolCall(
-            id=f"call_{uuid.uuid4().hex[:24]}", type="function",
-            function=DeltaFunction(name=name, arguments=""))]))
-        for start in range(0, len(text), CHUNK_CHARS):
-            yield event(Delta(tool_calls=[DeltaToolCall(
-                function=DeltaFunction(arguments=text[start:start + CHUNK_CHARS]))]))
+        for index, (name, text) in enumerate(_tool_calls(plan, outcome)):
+            yield event(Delta(role="assistant" if index == 0 else None, tool_calls=[
+                DeltaToolCall(index=index, id=f"call_{uuid.uuid4().hex[:24]}", type="function",
+                              function=DeltaFunction(name=name, arguments=""))]))
+            for start in range(0, len(text), CHUNK_CHARS):
+                yield event(Delta(tool_calls=[DeltaToolCall(
+                    index=index,
+                    function=DeltaFunction(arguments=text[start:start + CHUNK_CHARS]))]))
     yield event(Delta(), finish_reason(plan, outcome))
     if include_usage:
         usage = ChatCompletionChunk(**base, choices=[], usage=_usage(outcome))

@@ -136,3 +136,33 @@ def tool_union(tools: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "additionalProperties": False,
         })
     return branches[0] if len(branches) == 1 else {"anyOf": branches}
+
+
+def restrict_toolset(schema: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """A tool-set schema (:func:`~localdistil.records.record.toolset_schema`) that calls only
+    the tools in ``names`` (all of them when ``names`` is empty); names the tool set does not
+    know are left out.
+
+    Raises:
+        ValueError: none of ``names`` is a tool of the set.
+    """
+    if not names:
+        return schema
+    parallel = "tool_calls" in (schema.get("properties") or {})
+    call = schema["properties"]["tool_calls"]["items"] if parallel else schema
+    branches = call.get("anyOf") or [call]
+    known = [b["properties"]["name"]["const"] for b in branches]
+    kept = [b for b in branches if b["properties"]["name"]["const"] in names]
+    if not kept:
+        raise ValueError(f"it calls the tools {', '.join(known)}, none of which the request's "
+                         f"tools ({', '.join(names)}) name")
+    if len(kept) == len(branches):
+        return schema
+    restricted = copy.deepcopy(schema)
+    narrowed = kept[0] if len(kept) == 1 else {"anyOf": kept}
+    if parallel:
+        restricted["properties"]["tool_calls"]["items"] = copy.deepcopy(narrowed)
+        return restricted
+    for key in ("anyOf", "type", "properties", "required", "additionalProperties"):
+        restricted.pop(key, None)
+    return {**restricted, **copy.deepcopy(narrowed)}

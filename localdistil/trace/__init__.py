@@ -1,10 +1,12 @@
 """Tracing: the ``Instructions`` object, its ``distil`` decorator, its modes and the sinks
-records go to.
+records go to; and ``Toolset``, the same for calls of several tools.
 
 Light on purpose: tracing runs inside production code and imports nothing heavy.
 """
 
+from localdistil.inference.tools import ToolCall, ToolsetResult
 from localdistil.trace.instructions import Instructions
+from localdistil.trace.toolset import Toolset
 from localdistil.trace.wrappers import (
     AutoFunction,
     DispatchedFunction,
@@ -13,4 +15,4 @@ from localdistil.trace.wrappers import (
 )
 
 __all__ = ["AutoFunction", "DispatchedFunction", "DistilledFunction", "Instructions",
-           "ShadowedFunction"]
+           "ShadowedFunction", "ToolCall", "Toolset", "ToolsetResult"]

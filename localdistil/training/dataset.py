@@ -25,7 +25,14 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from localdistil.errors import DatasetError
-from localdistil.prompts import encode_completion, encode_prompt, render_completion, render_messages
+from localdistil.prompts import (
+    TOOLSET_PARAMETER,
+    encode_completion,
+    encode_prompt,
+    render_completion,
+    render_messages,
+    render_toolset_messages,
+)
 from localdistil.records import Record, RecordProblem, read_records
 from localdistil.records.foreign import args_problem
 from localdistil.spec import canonical_json, fingerprint, schema_hash
@@ -235,6 +242,10 @@ def render_record(record: Record, style: str) -> list[dict[str, Any]]:
     or its recorded prompt where the source kept no arguments."""
     if record.args is None:
         return list(record.prompt)
+    if record.is_toolset:  # a tool set: the prompt its dispatch renders (the list of calls is
+        # the record's output, trained as is: render_completion writes it name first)
+        return render_toolset_messages(record.name, record.tools or [],
+                                       record.args[TOOLSET_PARAMETER], style)
     return render_messages(
         name=record.name, args=record.args, style=style, signature=record.signature, doc=record.doc
     )

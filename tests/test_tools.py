@@ -1,0 +1,520 @@
+"""Tool sets: the union grammar, parallel calls, validators -> resample / fallback / raise,
+function tools executed, the rewritten history, records read back with every parallel call,
+dataset rows and train/serve prompt parity, and the server answering several tool calls.
+
+The adapter is written by hand (PEFT on the tiny random model + a manifest for the tool set),
+not trained: under the grammar even a random model answers valid calls."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel, field_validator
+from serving import running
+
+from localdistil import AdapterMismatchError, ToolCallError, Toolset, read_records
+from localdistil.inference.grammar import canonical_regex
+from localdistil.inference.tools import Tool, ToolUnion
+from localdistil.prompts import PROMPT_VERSION, encode_prompt, render_toolset_messages
+from localdistil.records.record import toolset_info
+from localdistil.spec import fingerprint, schema_hash
+
+API_KEY = "sk-test-tools"
+
+
+class Refund(BaseModel):
+    """Refund an order."""
+
+    order_id: int
+    reason: Literal["damaged", "late", "other"]
+
+
+class Escalation(BaseModel):
+    """Hand the conversation to a person."""
+
+    urgent: bool
+    team: Literal["billing", "shipping"]
+
+
+def lookup_order(order_id: int, detailed: bool = False) -> dict:
+    """Look an order up.
+
+    Args:
+        order_id: the order's number.
+        detailed: whether to include the items.
+    """
+    return {"order_id": order_id, "status": "shipped", "detailed": detailed}
+
+
+TOOLS = [Refund, Escalation, lookup_order]
+
+
+def route(messages):
+    """A teacher: two calls for a damaged parcel, else one."""
+    text = messages[-1]["content"]
+    number = int(re.search(r"\d+", text).group())
+    if "damaged" in text:
+        return [{"name": "Refund", "arguments": {"order_id": number, "reason": "damaged"}},
+                {"name": "Escalation", "arguments": json.dumps({"urgent": True,
+                                                                "team": "shipping"})}]
+    return [{"name": "lookup_order", "arguments": {"order_id": str(number)}}]
+
+
+def _manifest(toolset, tokenizer, model_dir, max_output_tokens=40):
+    from localdistil.models.adapter import Manifest, tokenizer_hash
+    from localdistil.models.resolve import model_content_hash
+    from localdistil.prompts import toolset_doc
+
+    doc = toolset_doc(toolset.union.definitions)
+    return Manifest(
+        base_model=str(model_dir), base_model_path=str(model_dir),
+        base_model_hash=model_content_hash(model_dir), tokenizer_hash=tokenizer_hash(tokenizer),
+        function=toolset.name, name=toolset.name, signature=toolset.signature, doc=doc,
+        fingerprint=fingerprint(toolset.signature, doc, toolset.schema),
+        output_schema=toolset.schema, schema_hash=schema_hash(toolset.schema),
+        prompt_style="compact", prompt_version=PROMPT_VERSION,
+        max_output_tokens=max_output_tokens, recipe={},
+    )
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir, tmp_path_factory):
+    """``{"support": dir, "single": dir}``: untrained LoRA adapters on the tiny model with the
+    manifests of a parallel tool set and of one answering a single call."""
+    from peft import LoraConfig, get_peft_model
+
+    from localdistil.models.adapter import write_manifest
+    from localdistil.models.resolve import load_causal_lm, load_tokenizer
+
+    root = tmp_path_factory.mktemp("tools")
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = get_peft_model(load_causal_lm(tiny_model_dir),
+                           LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    found = {}
+    for toolset in (Toolset("support", TOOLS), Toolset("single", TOOLS, parallel=False)):
+        directory = found[toolset.name] = root / toolset.name
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        write_manifest(directory, _manifest(toolset, tokenizer, tiny_model_dir))
+    return found
+
+
+# -- the grammar ---------------------------------------------------------------------------------
+
+
+def _call(name, **arguments):
+    return {"name": name, "arguments": arguments}
+
+
+def test_the_grammar_admits_clean_calls_only():
+    regex = re.compile(canonical_regex(Toolset("support", TOOLS, max_calls=2).schema))
+
+    def admits(value) -> bool:
+        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        return regex.fullmatch(text) is not None
+
+    refund = _call("Refund", order_id=17, reason="late")
+    lookup = _call("lookup_order", order_id=3, detailed=False)
+    assert admits({"tool_calls": [refund]})
+    assert admits({"tool_calls": [refund, lookup]})  # parallel calls, name first
+    assert not admits({"tool_calls": [refund, lookup, refund]})  # more than max_calls
+    assert not admits({"tool_calls": []})
+    assert not admits({"tool_calls": [_call("Cancel", order_id=17)]})  # an unknown tool
+    assert not admits({"tool_calls": [_call("Refund", order_id="17", reason="late")]})
+    assert not admits({"tool_calls": [_call("Refund", order_id=17, reason="lost")]})
+    assert not admits({"tool_calls": [{"arguments": refund["arguments"], "name": "Refund"}]})
+    assert not admits('{"tool_calls":[{"name":"Refund","arguments":{"order_id":17,')  # bad JSON
+    assert not admits('{"tool_calls": [' + json.dumps(refund) + "]}")  # free whitespace
+
+
+def test_without_parallel_calls_the_answer_is_one_object():
+    schema = Toolset("single", TOOLS, parallel=False).schema
+    regex = re.compile(canonical_regex(schema))
+    refund = json.dumps(_call("Refund", order_id=1, reason="other"), separators=(",", ":"))
+    assert regex.fullmatch(refund)
+    assert not regex.fullmatch(f'{{"tool_calls":[{refund}]}}')
+    assert toolset_info(schema) == {"parallel": False, "max_calls": 1,
+                                    "tools": ["Refund", "Escalation", "lookup_order"]}
+
+
+def test_defs_of_several_tools_are_merged_and_a_clash_renamed():
+    class Item(BaseModel):
+        sku: str
+
+    class Order(BaseModel):
+        items: list[Item]
+
+    class Reorder(BaseModel):  # the same Item: one definition
+        item: Item
+
+    Clashing = type("Item", (BaseModel,), {"__annotations__": {"count": int}})
+
+    class Restock(BaseModel):  # another model named Item
+        item: Clashing  # type: ignore[valid-type]
+
+    schema = Toolset("shop", [Order, Reorder, Restock]).schema
+    assert set(schema["$defs"]) == {"Item", "Restock_Item"}
+    assert schema["$defs"]["Restock_Item"]["properties"] == {"count": {"title": "Count",
+                                                                       "type": "integer"}}
+    regex = re.compile(canonical_regex(schema))
+    text = ('{"tool_calls":[{"name":"Order","arguments":{"items":[{"sku":"a"}]}},'
+            '{"name":"Restock","arguments":{"item":{"count":2}}}]}')
+    assert regex.fullmatch(text)
+    assert not regex.fullmatch(text.replace('{"count":2}', '{"sku":"c"}'))
+
+
+def test_function_tools_take_their_parameters_from_signature_and_docstring():
+    tool = Tool.of(lookup_order)
+    assert tool.description == "Look an order up."
+    properties = tool.definition["parameters"]["properties"]
+    assert properties["order_id"] == {"description": "the order's number.", "title": "Order Id",
+                                      "type": "integer"}
+    assert properties["detailed"]["default"] is False
+    with pytest.raises(TypeError, match="Pydantic model class or a function"):
+        ToolUnion("x", [42])
+
+
+# -- trace mode, records, the history ------------------------------------------------------------
+
+
+def test_trace_runs_function_tools_records_every_parallel_call_and_reads_back(tmp_path):
+    path = tmp_path / "support.jsonl"
+    support = Toolset("support", TOOLS, teacher=route, path=path)
+    result = support.complete("my parcel 17 arrived damaged", mode="trace")
+    assert result.success and result.source == "teacher"
+    assert [c.name for c in result.tool_calls] == ["Refund", "Escalation"]
+    assert result.tool_call_results == [Refund(order_id=17, reason="damaged"),
+                                        Escalation(urgent=True, team="shipping")]
+    looked = support.complete("where is order 42?", mode="trace")
+    assert looked.tool_call_results == [{"order_id": 42, "status": "shipped", "detailed": False}]
+    # the history: the user's message, one assistant message with the calls, their results
+    assert [m["role"] for m in result.messages] == ["user", "assistant", "tool", "tool"]
+    assert [c["function"]["name"] for c in result.messages[1]["tool_calls"]] == [
+        "Refund", "Escalation"]
+    support.close()
+
+    records = read_records(path, strict=True).records
+    assert len(records) == 2
+    record = records[0]
+    assert record.is_toolset and record.name == "support"
+    assert record.args == {"user_message": "my parcel 17 arrived damaged"}
+    assert record.output == {"tool_calls": [
+        {"name": "Refund", "arguments": {"order_id": 17, "reason": "damaged"}},
+        {"name": "Escalation", "arguments": {"urgent": True, "team": "shipping"}}]}
+    assert record.output_schema == support.schema
+    assert [t["name"] for t in record.tools] == ["Refund", "Escalation", "lookup_order"]
+    # lookup_order's default is written: the canonical answer names every field
+    assert records[1].output["tool_calls"][0]["arguments"] == {"order_id": 42, "detailed": False}
+    line = json.loads(path.read_text().splitlines()[0])
+    assert len(line["messages"][-1]["tool_calls"]) == 2 and len(line["tools"]) == 3
+
+
+def test_an_invalid_teacher_call_raises_and_is_not_recorded(tmp_path):
+    path = tmp_path / "t.jsonl"
+    support = Toolset("support", TOOLS, path=path,
+                      teacher=lambda m: [{"name": "Cancel", "arguments": {}}])
+    with pytest.raises(ToolCallError, match="no tool 'Cancel'"):
+        support.complete("cancel 3", mode="trace")
+    assert not path.exists() or path.read_text() == ""
+
+
+def test_openai_parallel_tool_calls_read_with_nothing_dropped(tmp_path):
+    """A functioncalming / OpenAI log: several tools, several calls, tools in any order."""
+    tools = [{"type": "function", "function": d} for d in ToolUnion("x", TOOLS).definitions]
+    lines = []
+    for index, order in enumerate((tools, tools[::-1])):
+        calls = [{"id": f"c{i}", "type": "function",
+                  "function": {"name": n, "arguments": json.dumps(a)}}
+                 for i, (n, a) in enumerate([("Refund", {"order_id": index, "reason": "late"}),
+                                             ("Escalation", {"urgent": False, "team": "billing"}),
+                                             ("lookup_order", {"order_id": 9})])]
+        lines.append({"messages": [{"role": "system", "content": "You route support mail."},
+                                   {"role": "user", "content": f"late parcel {index}"},
+                                   {"role": "assistant", "content": None, "tool_calls": calls}],
+                      "tools": order})
+    path = tmp_path / "openai.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    found = read_records(path)
+    assert found.problems == []
+    first, second = found.records
+    assert [c["name"] for c in first.output["tool_calls"]] == ["Refund", "Escalation",
+                                                               "lookup_order"]
+    assert first.output["tool_calls"][2] == {"name": "lookup_order", "arguments": {"order_id": 9}}
+    assert first.name == second.name == "Escalation_Refund_lookup_order"
+    assert schema_hash(first.output_schema) == schema_hash(second.output_schema)
+    assert first.args == {"user_message": "late parcel 0"} and first.is_toolset
+
+
+def test_an_unknown_tool_in_a_log_is_a_problem_not_a_silent_drop(tmp_path):
+    line = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [
+        {"id": "a", "type": "function", "function": {"name": "Refund", "arguments": "{}"}},
+        {"id": "b", "type": "function", "function": {"name": "Nope", "arguments": "{}"}}]}],
+        "tools": [{"type": "function", "function": {"name": "Refund", "parameters": {}}}]}
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    problems = read_records(path).problems
+    assert len(problems) == 1 and "'Nope'" in problems[0].reason
+
+
+def test_dataset_rows_train_the_tool_set_prompt_and_every_call(tiny_model_dir, tmp_path):
+    from localdistil.models.resolve import load_tokenizer
+    from localdistil.training.dataset import build_dataset, select_records
+    from localdistil.training.recipe import parse_recipe
+
+    path = tmp_path / "support.jsonl"
+    support = Toolset("support", TOOLS, teacher=route, path=path)
+    for number in range(10):
+        support.complete(f"parcel {number} arrived damaged", mode="trace")
+    support.close()
+    recipe = parse_recipe({"model": str(tiny_model_dir), "train": {"seed": 0},
+                           "data": {"train": [str(path)], "function": "support",
+                                    "eval_fraction": 0.2}})
+    tokenizer = load_tokenizer(tiny_model_dir)
+    data = build_dataset(select_records(recipe), tokenizer, recipe)
+    row = data.train[0]
+    message = json.loads(row["args"])["user_message"]
+    assert row["prompt"] == render_toolset_messages("support", support.union.definitions, message)
+    number = int(re.search(r"\d+", message).group())
+    calls = [{"name": "Refund", "arguments": {"order_id": number, "reason": "damaged"}},
+             {"name": "Escalation", "arguments": {"urgent": True, "team": "shipping"}}]
+    assert row["completion"][0]["content"] == json.dumps({"tool_calls": calls},
+                                                         separators=(",", ":"))
+    assert data.function.output_schema == support.schema
+    assert row["input_ids"][:row["prompt_length"]] == encode_prompt(tokenizer, row["prompt"])
+
+
+# -- dispatch on the engine ----------------------------------------------------------------------
+
+
+def test_train_dispatch_and_serve_render_the_same_prompt_tokens(adapters):
+    from localdistil.inference.engine import Engine
+    from localdistil.serve.functions import FunctionParameters, call_prompt
+
+    support = Toolset("support", TOOLS)
+    engine = Engine.for_adapter(adapters["support"])
+    message = 'Order 12 "arrived" late'
+    dispatched = support.prompt(engine, message)
+    trained = encode_prompt(engine.tokenizer,
+                            render_toolset_messages("support", support.union.definitions,
+                                                    message))
+    served = call_prompt(engine, FunctionParameters("support", engine.manifest.signature),
+                         {"user_message": message})
+    assert dispatched == trained == served == engine.call_prompt({"user_message": message})
+
+
+def test_dispatch_answers_valid_parallel_calls_and_runs_function_tools(adapters):
+    ran = []
+
+    def lookup(order_id: int, detailed: bool = False) -> dict:
+        """Look an order up."""
+        ran.append(order_id)
+        return {"order_id": order_id}
+
+    lookup.__name__, lookup.__doc__ = "lookup_order", lookup_order.__doc__  # the same tool
+    support = Toolset("support", [Refund, Escalation, lookup], model=adapters["support"])
+    result = support.complete("where is order 5?")
+    assert result.success and result.source == "model" and result.error is None
+    assert 1 <= len(result.tool_calls) <= 4
+    for call, value in zip(result.tool_calls, result.tool_call_results):
+        assert call.name in ("Refund", "Escalation", "lookup_order")
+        if call.name == "lookup_order":
+            assert value == {"order_id": call.arguments.order_id}
+        else:
+            assert value == call.arguments
+    assert ran == [c.arguments.order_id for c in result.tool_calls if c.name == "lookup_order"]
+    assert result.messages == result.messages_raw  # nothing was refused
+
+    single = Toolset("single", TOOLS, parallel=False).complete("x", model=adapters["single"])
+    assert single.success and len(single.tool_calls) == 1
+
+
+def test_an_adapter_of_other_tools_is_a_mismatch(adapters):
+    other = Toolset("support", [Refund, Escalation])
+    with pytest.raises(AdapterMismatchError, match="tool set support"):
+        other.complete("x", model=adapters["support"])
+
+
+def _refusing_tools(refuse_times: int):
+    """The tools again, refusing their first ``refuse_times`` calls: the models by a validator,
+    the function tool by raising ToolCallError."""
+    count = {"n": 0}
+
+    def gate() -> None:
+        count["n"] += 1
+        if count["n"] <= refuse_times:
+            raise ToolCallError("not this time")
+
+    class Refund(BaseModel):  # noqa: F811 - the same tool name, a refusing validator
+        """Refund an order."""
+
+        order_id: int
+        reason: Literal["damaged", "late", "other"]
+
+        @field_validator("reason")
+        @classmethod
+        def check(cls, value):
+            gate()
+            return value
+
+    def lookup_order(order_id: int, detailed: bool = False) -> dict:
+        gate()
+        return {"order_id": order_id}
+
+    lookup_order.__doc__ = globals()["lookup_order"].__doc__
+
+    class Escalation(BaseModel):
+        """Hand the conversation to a person."""
+
+        urgent: bool
+        team: Literal["billing", "shipping"]
+
+        @field_validator("team")
+        @classmethod
+        def check(cls, value):
+            gate()
+            return value
+
+    return [Refund, Escalation, lookup_order]
+
+
+def test_refused_answers_raise_with_on_invalid_raise(adapters):
+    support = Toolset("support", _refusing_tools(10**6), on_invalid="raise")
+    with pytest.raises(ToolCallError, match="not this time") as caught:
+        support.complete("x", model=adapters["support"])
+    assert caught.value.raw_output and caught.value.attempts == 1
+
+
+def test_refused_answers_are_resampled_and_the_history_keeps_only_clean_calls(adapters):
+    support = Toolset("support", _refusing_tools(1), retries=3)
+    result = support.complete("refund 4", model=adapters["support"])
+    assert result.success and result.retries_done >= 1
+    assert result.attempts[0].error and "not this time" in result.attempts[0].error
+    texts = [a.text for a in result.attempts]
+    assert len(set(texts)) == len(texts)  # a resample never repeats a refused answer
+    # the clean history has one assistant message; the raw one has the refusal too
+    assert [m["role"] for m in result.messages].count("assistant") == 1
+    assert [m["role"] for m in result.messages_raw].count("assistant") == len(result.attempts)
+    assert any("Error: " in (m.get("content") or "") for m in result.messages_raw)
+    assert result.messages[-len(result.tool_calls) - 1:] == result.messages_raw[
+        -len(result.tool_calls) - 1:]
+
+    exhausted = Toolset("support", _refusing_tools(10**6), retries=2).complete(
+        "refund 4", model=adapters["support"])
+    assert not exhausted.success and isinstance(exhausted.error, ToolCallError)
+    assert exhausted.retries_done == 2 and exhausted.tool_calls == []
+
+
+def test_refused_answers_fall_back_to_the_teacher_and_are_recorded(adapters, tmp_path):
+    path = tmp_path / "fallback.jsonl"
+    tools = _refusing_tools(10**6)
+    support = Toolset("support", tools, on_invalid="fallback", path=path,
+                      teacher=lambda m: [{"name": "Escalation",
+                                          "arguments": {"urgent": True, "team": "billing"}}])
+    with pytest.raises(ToolCallError):  # the teacher's call is refused by the same validator
+        support.complete("x", model=adapters["support"])
+    support = Toolset("support", _refusing_tools(1), on_invalid="fallback", path=path,
+                      teacher=route)
+    result = support.complete("order 8 please", model=adapters["support"])
+    assert result.success and result.source == "teacher"
+    assert [c.name for c in result.tool_calls] == ["lookup_order"]
+    record = read_records(path, strict=True).records[-1]
+    assert record.output["tool_calls"][0]["name"] == "lookup_order"
+    block = json.loads(path.read_text().splitlines()[-1])["localdistil"]
+    assert block["fallback"]["rejected"] == [result.attempts[0].text]
+
+
+def test_shadow_returns_the_teacher_and_records_agreement(adapters, tmp_path):
+    path = tmp_path / "shadow.jsonl"
+    support = Toolset("support", TOOLS, teacher=route, path=path, model=adapters["support"])
+    result = support.complete("order 3 arrived damaged", mode="shadow")
+    assert result.source == "teacher" and [c.name for c in result.tool_calls] == [
+        "Refund", "Escalation"]
+    block = json.loads(path.read_text())["localdistil"]
+    assert block["shadow"]["agree"] is False and block["shadow"]["model"]
+    assert support.agreement.summary()["calls"] == 1
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(adapters):
+    """The server in-process on 127.0.0.1 (a free port) serving the ``support`` tool set."""
+    from localdistil.serve import create_app, load_served
+
+    app = create_app(load_served([str(adapters["support"])]), api_key=API_KEY, max_batch=4,
+                     batch_wait_ms=5)
+    with running(app) as url:
+        yield url
+
+
+def _openai_tools(tools):
+    """Tool definitions as functioncalming sends them: strict, defaults turned into a choice of
+    the ``"__UNSET"`` placeholder (so they differ from the adapter's own schemas)."""
+    out = []
+    for definition in ToolUnion("x", tools).definitions:
+        parameters = json.loads(json.dumps(definition["parameters"]))
+        for prop in parameters.get("properties", {}).values():
+            if "default" in prop:
+                prop.pop("default")
+                prop["anyOf"] = [{"type": prop.pop("type")}, {"const": "__UNSET"}]
+        parameters["additionalProperties"] = False
+        parameters["strict"] = True
+        out.append({"type": "function", "function": {**definition, "parameters": parameters,
+                                                     "strict": True}})
+    return out
+
+
+def test_the_server_answers_a_tool_set_with_several_tool_calls(server):
+    from openai import OpenAI
+
+    with OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0, timeout=60) as client:
+        response = client.chat.completions.create(
+            model="support", messages=[{"role": "user", "content": "order 7 is late"}],
+            tools=_openai_tools(TOOLS), tool_choice="auto")
+        choice = response.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        calls = choice.message.tool_calls
+        assert 1 <= len(calls) <= 4
+        union = ToolUnion("support", TOOLS)
+        union.check([{"name": c.function.name, "arguments": c.function.arguments}
+                     for c in calls])  # every call validates
+        # the request's tools narrow the grammar: only Escalation can be called
+        only = client.chat.completions.create(
+            model="support", messages=[{"role": "user", "content": "order 7 is late"}],
+            tools=_openai_tools([Escalation]))
+        assert {c.function.name for c in only.choices[0].message.tool_calls} == {"Escalation"}
+        streamed = client.chat.completions.create(
+            model="support", messages=[{"role": "user", "content": "order 7 is late"}],
+            tools=_openai_tools(TOOLS), stream=True)
+        pieces: dict[int, dict[str, str]] = {}
+        for chunk in streamed:
+            for delta in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+                entry = pieces.setdefault(delta.index, {"name": "", "arguments": ""})
+                entry["name"] += delta.function.name or ""
+                entry["arguments"] += delta.function.arguments or ""
+        assert [(p["name"], json.loads(p["arguments"])) for p in pieces.values()] == [
+            (c.function.name, json.loads(c.function.arguments)) for c in calls]
+
+
+def test_functioncalming_gets_successful_calls_from_the_local_server(server):
+    """The real client (it needs Python >= 3.12: skipped where it cannot be installed)."""
+    functioncalming = pytest.importorskip("functioncalming")
+    import asyncio
+
+    from openai import AsyncOpenAI
+
+    async def ask():
+        async with AsyncOpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0) as client:
+            return await functioncalming.get_completion(
+                user_message="my parcel 17 arrived damaged", tools=TOOLS, model="support",
+                openai_client=client, retries=1)
+
+    response = asyncio.run(ask())
+    assert response.success, response.error
+    assert response.tool_call_results
+    for result in response.tool_call_results:
+        assert isinstance(result, (Refund, Escalation, dict))
