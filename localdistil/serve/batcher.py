@@ -1,10 +1,13 @@
 """Concurrent requests for one model, decoded together.
 
 A request submits its prompt and waits. One task per served model collects what arrives within
-``wait_s`` of the first (at most ``max_batch`` items), groups it by what must be the same across
-a batch (the engine, the schema, the token budget and the sampling settings), and answers each
-group with ONE engine call in a worker thread, so the event loop never waits on generation.
-Whatever arrives while a batch decodes is the next batch.
+``wait_s`` of the first (at most ``max_batch`` items) -- or, while callers the last batch
+answered have not sent their next request yet, up to :data:`RETURN_WAIT_S` for them, so that
+concurrent clients keep sharing one batch instead of splitting into halves that take turns. It
+groups the items by what must be the same across a batch (the engine, the schema, the token
+budget and the sampling settings), and answers each group with ONE engine call in a worker
+thread, so the event loop never waits on generation. Whatever arrives while a batch decodes is
+the next batch.
 
 On a CPU, concurrent forward passes only compete for the same cores; batching is how concurrent
 clients share the model (see the README's *Benchmarks*). The engine gives one outcome per item,
@@ -26,6 +29,11 @@ from localdistil.inference.engine import Engine, Outcome
 from localdistil.spec import schema_hash
 
 log = logging.getLogger(__name__)
+
+#: How long a batch waits at most for the callers the last batch answered to send again.
+RETURN_WAIT_S = 0.05
+#: Callers answered longer ago than this are not waited for.
+RETURN_WINDOW_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +78,9 @@ class Batcher:
         self.calls = 0
         self.items = 0
         self._pending: list[_Job] = []
+        self._answered = 0  # items the last batch answered
+        self._answered_at = 0.0  # when (the loop's clock)
+        self._arrivals = 0  # items submitted since then
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -85,6 +96,7 @@ class Batcher:
             self._task = loop.create_task(self._run())
         job = _Job(list(prompt), decode, loop.create_future())
         self._pending.append(job)
+        self._arrivals += 1
         assert self._arrived is not None
         self._arrived.set()
         return await job.future
@@ -102,15 +114,27 @@ class Batcher:
                 job.future.set_exception(RuntimeError("the server is shutting down"))
         self._pending.clear()
 
+    def _expected(self, now: float) -> int:
+        """How many items the next batch should wait for: those pending, plus the callers the
+        last batch answered that have not sent their next request yet (a client answered
+        sends again within milliseconds; a batch closed without them would split the clients
+        into two halves that take turns, each half a batch)."""
+        if now - self._answered_at > RETURN_WINDOW_S:
+            self._answered = 0  # they went quiet
+        coming_back = max(0, self._answered - self._arrivals)
+        return min(self.max_batch, len(self._pending) + coming_back)
+
     async def _run(self) -> None:
         arrived = self._arrived
         assert arrived is not None
         loop = asyncio.get_running_loop()
         while True:
             await arrived.wait()
-            deadline = loop.time() + self.wait_s
+            now = loop.time()
+            expected = self._expected(now)
+            soon, later = now + self.wait_s, now + max(self.wait_s, RETURN_WAIT_S)
             while len(self._pending) < self.max_batch:
-                left = deadline - loop.time()
+                left = (later if len(self._pending) < expected else soon) - loop.time()
                 if left <= 0:
                     break
                 arrived.clear()
@@ -128,6 +152,7 @@ class Batcher:
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(RuntimeError("the batch failed"))
+            self._answered, self._answered_at, self._arrivals = len(jobs), loop.time(), 0
 
     async def _answer(self, jobs: list[_Job]) -> None:
         groups: dict[tuple[Any, ...], list[_Job]] = {}
