@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 TORCH_INDEX ?=
 
-.PHONY: install demo demo-quick lint test test-fast bench clean
+.PHONY: install demo demo-quick demo-multiply lint test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,9 @@ demo: install
 
 demo-quick: install
 	$(BIN)/python examples/demo.py --quick
+
+demo-multiply: install
+	$(BIN)/python examples/demo.py --multiply
 
 lint: install
 	$(BIN)/ruff check localdistil tests bench examples

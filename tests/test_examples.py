@@ -124,3 +124,87 @@ def test_the_recipe_trains_on_what_the_trace_script_writes(example):
     dispatch_script = (EXAMPLES / name / "dispatch.py").read_text(encoding="utf-8")
     assert f'default="{recipe.output.dir}"' in dispatch_script
     assert recipe.data.eval_fraction > 0 and recipe.train.eval_samples > 0
+
+
+def _script(name: str, script: str) -> ModuleType:
+    """An example's script (``auto.py``, ``dispatch.py``) as a module, importing its ``task``."""
+    directory = EXAMPLES / name
+    saved = sys.modules.pop("task", None)
+    sys.path.insert(0, str(directory))
+    try:
+        spec = importlib.util.spec_from_file_location(f"{name}_{script}", directory / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(directory))
+        sys.modules.pop("task", None)
+        if saved is not None:
+            sys.modules["task"] = saved
+
+
+def test_the_demo_recipe_trains_on_what_the_demo_traces():
+    demo = (EXAMPLES / "demo.py").read_text(encoding="utf-8")
+    recipe = load_recipe(ROOT / "recipes" / "demo.yaml")
+
+    assert recipe.data.train == ["traces/demo.jsonl"]
+    assert recipe.data.function == "normalize_quantity"
+    assert recipe.output.dir == "runs/demo"
+    assert ('traces, recipe, run_dir = "traces/demo.jsonl", "recipes/demo.yaml", "runs/demo"'
+            in demo)
+    # the gate is the default one (95 % exact): the demo shows a version earning its promotion
+    assert recipe.gate.min_exact == 0.95 and recipe.gate.min_valid == 1.0
+    assert recipe.train.patience is not None and recipe.train.eval_every is not None
+    for script in ("normalize_quantity/auto.py", "normalize_quantity/dispatch.py",
+                   "three_digit_multiply/trace.py", "three_digit_multiply/dispatch.py"):
+        assert f"examples/{script}" in demo
+        assert (EXAMPLES / script).is_file()
+
+
+def test_the_auto_script_traces_while_no_adapter_exists(tmp_path):
+    """The demo's step 1: ``mode="auto"`` on a run that does not exist yet runs the function and
+    records each call exactly as a bare ``@distil`` does, fingerprint included."""
+    import json
+    import subprocess
+
+    out = tmp_path / "traces.jsonl"
+    result = subprocess.run(
+        [sys.executable, "auto.py", "--run", str(tmp_path / "run"), "--out", str(out),
+         "--n", "30", "--seed", "0"],
+        cwd=EXAMPLES / "normalize_quantity", capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert "phase trace" in result.stdout
+    assert "the function's body ran 30 of 30 times; 30/30 answers" in result.stdout
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    task, _ = load("normalize_quantity")
+    bare = tmp_path / "bare.jsonl"
+    subprocess.run([sys.executable, "trace.py", "--n", "30", "--out", str(bare)],
+                   cwd=EXAMPLES / "normalize_quantity", check=True, capture_output=True,
+                   timeout=60)
+    expected = [json.loads(line) for line in bare.read_text(encoding="utf-8").splitlines()]
+    assert [r["localdistil"]["args"] for r in records] == [{"text": text} for text, _ in
+                                                           task.examples(30, seed=0)]
+    for got, want in zip(records, expected, strict=True):
+        for key in ("function", "fingerprint", "schema_hash", "args", "output"):
+            assert got["localdistil"][key] == want["localdistil"][key]
+        assert got["messages"] == want["messages"]
+
+
+def test_the_held_out_check_leaves_out_every_traced_text(tmp_path):
+    import subprocess
+
+    dispatch = _script("normalize_quantity", "dispatch.py")
+    traces = tmp_path / "traces.jsonl"
+    subprocess.run([sys.executable, "trace.py", "--n", "300", "--seed", "12345",
+                    "--out", str(traces)],
+                   cwd=EXAMPLES / "normalize_quantity", check=True, capture_output=True,
+                   timeout=60)  # the same seed as the check: every one of its first 300 is seen
+    task, _ = load("normalize_quantity")
+
+    calls = dispatch._new_calls(50, [str(traces)])
+
+    seen = {call["text"] for call in task.inputs(300, seed=12345)}
+    assert len(calls) == 50
+    assert not seen & {call["text"] for call in calls}
+    assert len({call["text"] for call in calls}) == 50
