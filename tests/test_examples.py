@@ -152,8 +152,9 @@ def test_the_demo_recipe_trains_on_what_the_demo_traces():
     assert recipe.output.dir == "runs/demo"
     assert ('traces, recipe, run_dir = "traces/demo.jsonl", "recipes/demo.yaml", "runs/demo"'
             in demo)
-    # the gate is the default one (95 % exact): the demo shows a version earning its promotion
-    assert recipe.gate.min_exact == 0.95 and recipe.gate.min_valid == 1.0
+    # the demo's gate is 90 % exact, every answer valid (the recipe says why it is not the
+    # default 95 %): a version still has to earn its promotion
+    assert recipe.gate.min_exact == 0.9 and recipe.gate.min_valid == 1.0
     assert recipe.train.patience is not None and recipe.train.eval_every is not None
     for script in ("normalize_quantity/auto.py", "normalize_quantity/dispatch.py",
                    "three_digit_multiply/trace.py", "three_digit_multiply/dispatch.py"):
