@@ -186,14 +186,14 @@ class Engine:
 
     def answer(self, prompts: Sequence[Sequence[int]], *,
                output_type: type[BaseModel] | None = None, schema: dict[str, Any] | None = None,
-               max_new_tokens: int | None = None, retries: int = 0,
+               max_new_tokens: int | None = None, retries: int = 0, temperature: float = 0.0,
                seed: int = 0) -> list[Outcome]:
         """Answer each prompt with an object of ``output_type`` (or JSON valid for ``schema``).
 
-        Decoding is greedy under the grammar of the schema, so every complete answer is valid
-        JSON of it; the type's validators may still refuse one (numeric bounds, custom
-        validators). Those are sampled again, at :data:`RETRY_TEMPERATURE`, up to ``retries``
-        times, all the batch's retries in one batch.
+        Decoding is greedy (or sampled at ``temperature``) under the grammar of the schema, so
+        every complete answer is valid JSON of it; the type's validators may still refuse one
+        (numeric bounds, custom validators). Those are sampled again, at
+        :data:`RETRY_TEMPERATURE`, up to ``retries`` times, all the batch's retries in one batch.
 
         Args:
             prompts: token ids of each prompt (see :meth:`encode`, :meth:`call_prompt`).
@@ -201,7 +201,8 @@ class Engine:
             schema: the JSON schema to decode under; default ``output_type``'s.
             max_new_tokens: the token budget of one answer; default :attr:`default_budget`.
             retries: how many times an answer that fails validation is sampled again.
-            seed: seeds the resamples (the same call gives the same retries).
+            temperature: 0 decodes greedily; above 0 the first answers are sampled too.
+            seed: seeds the sampling (the same call gives the same answers and retries).
 
         Returns:
             One :class:`Outcome` per prompt, in order.
@@ -217,7 +218,8 @@ class Engine:
         budget = max_new_tokens or self.default_budget
         if budget is None:
             raise ValueError(f"{self.name} is a base model: pass max_new_tokens")
-        results = self.generate(schema, prompts, max_new_tokens=budget)
+        results = self.generate(schema, prompts, max_new_tokens=budget, temperature=temperature,
+                                seed=seed if temperature > 0 else None)
         outcomes = [_outcome(result, output_type, len(prompt))
                     for result, prompt in zip(results, prompts)]
         for attempt in range(1, retries + 1):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import random
 from collections.abc import Sequence
@@ -182,24 +181,9 @@ class Batcher:
         prompts = [job.prompt for job in jobs]
         self.calls += 1
         self.items += len(jobs)
-        if decode.temperature <= 0:
-            return decode.engine.answer(prompts, schema=decode.schema,
-                                        max_new_tokens=decode.budget)
         seed = decode.seed if decode.seed is not None else random.randrange(2**31)
-        results = decode.engine.generate(decode.schema, prompts, max_new_tokens=decode.budget,
-                                         temperature=decode.temperature, seed=seed)
-        return [_sampled(result, len(prompt)) for result, prompt in zip(results, prompts)]
-
-
-def _sampled(result: Any, prompt_tokens: int) -> Outcome:
-    """The outcome of a sampled generation (``engine.answer`` decodes greedily)."""
-    counts = {"prompt_tokens": prompt_tokens, "completion_tokens": result.token_count}
-    if not result.finished:
-        return Outcome("budget", result.text, **counts)
-    try:
-        return Outcome("ok", result.text, value=json.loads(result.text), **counts)
-    except ValueError as error:
-        return Outcome("invalid", result.text, error=str(error), **counts)
+        return decode.engine.answer(prompts, schema=decode.schema, max_new_tokens=decode.budget,
+                                    temperature=decode.temperature, seed=seed)
 
 
 def _settle(job: _Job, *, outcome: Outcome | None = None, error: Exception | None = None) -> None:
