@@ -86,6 +86,7 @@ class Dispatcher:
                 f"on_mismatch must be one of {', '.join(ON_MISMATCH)}; got {on_mismatch!r}."
             )
         self.spec = spec
+        self.model = model
         self.path = adapter_dir(model)
         self.on_mismatch = on_mismatch
         self.on_invalid = on_invalid
@@ -97,20 +98,24 @@ class Dispatcher:
         self._check(self._manifest)
 
     def _check(self, manifest: Manifest) -> None:
-        self._manifest = manifest
+        """Raise (or warn) if ``manifest`` was trained for another version of the function;
+        remember it as checked only once it has passed (or been warned about)."""
         changes = check_compatible(manifest, self.spec)
-        if not changes:
-            return
-        error = mismatch_error(manifest, self.spec, changes, self.path)
-        if self.on_mismatch == "raise":
-            raise error
-        warnings.warn(str(error), UserWarning, stacklevel=4)
+        if changes:
+            error = mismatch_error(manifest, self.spec, changes, self.path)
+            if self.on_mismatch == "raise":
+                raise error
+            warnings.warn(str(error), UserWarning, stacklevel=4)
+        self._manifest = manifest
 
     @property
     def engine(self) -> Engine:
-        """The adapter's engine, loaded on first use; a retrained adapter is loaded in its place
-        and checked against the function before it answers."""
-        engine = Engine.for_adapter(self.path)
+        """The adapter's engine, loaded on first use. ``model`` is resolved on every call, so a
+        run directory follows its promoted version (a promotion or a rollback) and an adapter
+        directory its retraining; a new adapter is checked against the function before it
+        answers."""
+        engine = Engine.for_adapter(self.model)
+        self.path = engine.path
         if engine is not self._checked:
             with self._check_lock:
                 if engine is not self._checked:

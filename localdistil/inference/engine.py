@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from localdistil.errors import AdapterError
 from localdistil.models.adapter import MANIFEST_NAME, Manifest, adapter_dir
+from localdistil.models.versions import VERSIONS_SUBDIR
 from localdistil.prompts import encode_prompt, render_messages
 
 if TYPE_CHECKING:
@@ -107,8 +109,11 @@ class Engine:
 
     @classmethod
     def for_adapter(cls, path: str | os.PathLike[str]) -> Engine:
-        """The engine of the adapter at ``path`` (a run's ``output.dir`` or its ``adapter/``),
-        loaded once per process; loaded anew once its manifest changes on disk.
+        """The engine of the adapter at ``path``: an adapter directory, or a run's
+        ``output.dir`` (its promoted version, resolved on every call, so a promotion or a
+        rollback is followed). Loaded once per process and shared; loaded anew once the
+        manifest changes on disk. Loading one version of a run lets go of the run's other
+        versions, so a process keeps one model per run however often versions change.
 
         Raises:
             AdapterError: no complete adapter there, or the base model or tokenizer differ from
@@ -116,9 +121,14 @@ class Engine:
             ModelError: the base model cannot be found or loaded.
         """
         directory = adapter_dir(path).resolve()
-        stat = (directory / MANIFEST_NAME).stat()
+        try:
+            stat = (directory / MANIFEST_NAME).stat()
+        except OSError as error:  # replaced between the check and now (a retraining)
+            raise AdapterError(f"{directory} changed while it was being loaded ({error}); "
+                               "try again", path=directory) from None
+        siblings = directory.parent if directory.parent.name == VERSIONS_SUBDIR else None
         return _cached(("adapter", str(directory)), (stat.st_mtime_ns, stat.st_size),
-                       lambda: _load_adapter(directory))
+                       lambda: _load_adapter(directory), replaces=siblings)
 
     @classmethod
     def for_base(cls, reference: str | os.PathLike[str]) -> Engine:
@@ -266,16 +276,22 @@ _ENGINES: dict[tuple[str, str], tuple[Any, Engine]] = {}
 _LOADING = threading.Lock()
 
 
-def _cached(key: tuple[str, str], version: Any, load: Any) -> Engine:
+def _cached(key: tuple[str, str], version: Any, load: Any, *,
+            replaces: Path | None = None) -> Engine:
     """The engine under ``key`` if it was loaded at ``version``, else a fresh load (one thread
-    loads; the others wait for it)."""
+    loads; the others wait for it). A fresh load first drops the stale engine under ``key`` and,
+    with ``replaces``, every engine of a directory inside it (the run's other versions):
+    callers still holding one keep it; the cache lets it go."""
     found = _ENGINES.get(key)
     if found is not None and found[0] == version:
         return found[1]
     with _LOADING:
         found = _ENGINES.get(key)
         if found is None or found[0] != version:
-            _ENGINES.pop(key, None)  # a stale engine is dropped before the new one loads
+            stale = [k for k in _ENGINES if k == key or (
+                replaces is not None and k[0] == key[0] and Path(k[1]).parent == replaces)]
+            for old in stale:
+                del _ENGINES[old]
             found = _ENGINES[key] = (version, load())
     return found[1]
 
