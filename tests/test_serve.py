@@ -386,6 +386,10 @@ def test_malformed_oversized_and_abandoned_requests_leave_the_server_answering(s
         assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
         assert http.get("/v1/nothing").status_code == 404
         assert "error" in http.get("/v1/nothing").json()
+        deeply = '{"title":' * 20_000 + '"x"' + "}" * 20_000
+        nested = {"model": "triage", "messages": _user(deeply)}
+        deep = http.post("/v1/chat/completions", json=nested)  # deeper than Python recurses
+        assert deep.status_code == 400 and "nests too deeply" in deep.json()["error"]["message"]
         body = {"model": "triage", "messages": _user({"title": "gone"}), "stream": True}
         with http.stream("POST", "/v1/chat/completions", json=body) as stream:
             assert stream.status_code == 200

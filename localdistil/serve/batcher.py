@@ -46,8 +46,12 @@ class Decode:
     seed: int | None = None
 
     def key(self) -> tuple[Any, ...]:
+        """Items with equal keys may share a batch. A seeded sampled request decodes alone:
+        the rows of a batch draw from one random stream, so a batch-mate would change what
+        the seed gives."""
+        alone = id(self) if self.temperature > 0 and self.seed is not None else None
         return (id(self.engine), schema_hash(self.schema), self.budget, self.temperature,
-                self.seed)
+                self.seed, alone)
 
 
 @dataclasses.dataclass

@@ -100,6 +100,15 @@ def plan(served: ServedModel, request: ChatCompletionRequest, *,
     Raises:
         APIError: a 400 saying what to change.
     """
+    try:
+        return _plan(served, request, max_prompt_tokens)
+    except RecursionError:  # JSON or a schema nested deeper than Python recurses
+        raise APIError(400, "the request nests too deeply; flatten the message or the schema",
+                       param="messages") from None
+
+
+def _plan(served: ServedModel, request: ChatCompletionRequest,
+          max_prompt_tokens: int | None) -> Plan:
     _refuse_unsupported(request)
     loaded = served.current()
     if loaded.function is not None:

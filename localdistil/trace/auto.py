@@ -25,7 +25,6 @@ an adapter exists.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import threading
 import time
@@ -54,21 +53,26 @@ def _current_version(run: Path) -> str | None:
     manifest's ``stat``, so an adapter trained again in place is a new version too.
     """
     from localdistil.models.adapter import MANIFEST_NAME, adapter_dir
+    from localdistil.models.versions import promoted_version
 
     try:
-        from localdistil.models.versions import promoted_version  # type: ignore[import-not-found]
-    except ImportError:
-        promoted_version = None
-    try:
-        if promoted_version is not None:
-            version = promoted_version(run)
-            if version is not None:
-                return str(version)
+        version = promoted_version(run)
+        if version is not None:
+            return str(version)
         stat = (adapter_dir(run) / MANIFEST_NAME).stat()
     except (LocaldistilError, OSError, ValueError):
         return None
-    stamp = hashlib.sha256(f"{stat.st_mtime_ns}:{stat.st_size}".encode()).hexdigest()[:8]
-    return f"adapter-{stamp}"
+    return f"adapter-{stat.st_mtime_ns:x}-{stat.st_size:x}"
+
+
+def _version_path(run: Path, version: str) -> Path:
+    """Where to load ``version`` (from :func:`_current_version`) from: the version's own
+    directory, not the run, whose promoted version may have changed since it was read; the run
+    itself for a legacy ``adapter/``."""
+    from localdistil.models.versions import VERSIONS_SUBDIR
+
+    path = Path(run) / VERSIONS_SUBDIR / version
+    return path if path.is_dir() else Path(run)
 
 
 class _Comparing(ShadowMode):
@@ -193,7 +197,8 @@ class AutoMode(Mode):
         from localdistil.inference.dispatch import Dispatcher
 
         try:
-            dispatcher = Dispatcher(self.spec, self.run, **self.dispatch_options)
+            dispatcher = Dispatcher(self.spec, _version_path(self.run, version),
+                                    **self.dispatch_options)
         except LocaldistilError as exc:
             self._refused = version
             self.recorder.report(f"localdistil auto: {self.spec.name} keeps running the function: "

@@ -295,9 +295,15 @@ def _shadow(toolset: Toolset, user_message: str, model: Any, teacher: Teacher | 
     started = time.perf_counter()
     calls, results, attempt = toolset.ask_teacher(user_message, teacher)
     duration = time.perf_counter() - started
-    engine = toolset.engine(model)
-    answered = answer_with_model(engine, toolset.union, toolset.prompt(engine, user_message),
-                                 execute=False)
+    try:  # the model's side never breaks the caller: the teacher's tools have run already
+        engine = toolset.engine(model)
+        answered = answer_with_model(engine, toolset.union, toolset.prompt(engine, user_message),
+                                     execute=False)
+    except Exception as exc:
+        warnings.warn(f"localdistil shadow: the model could not answer tool set "
+                      f"{toolset.name}: {exc}", TraceWarning, stacklevel=3)
+        toolset.record(user_message, calls, duration, None)
+        return build_result(user_message, [attempt], calls, results, "teacher")
     agree = answered.ok and same_calls(toolset.union.output(calls),
                                        toolset.union.output(answered.calls or []))
     toolset.agreement.add(Comparison(exact=agree, fields={"tool_calls": agree}))
