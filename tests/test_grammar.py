@@ -781,3 +781,16 @@ def test_smollm2_mixed_schema_is_valid(smollm2):
     (result,) = generate_json(model, tokenizer, grammar, [prompt], max_new_tokens=120)
     _assert_canonical(result, Contact)
     assert json.loads(result.text)["name"]
+
+
+def test_the_grammar_cache_keeps_a_bounded_number_per_tokenizer(tiny, monkeypatch):
+    from localdistil.inference.grammar import core
+
+    _, tokenizer = tiny
+    monkeypatch.setattr(core, "MAX_GRAMMARS", 3)
+    schemas = [{"type": "object", "title": f"T{n}", "properties": {"x": {"type": "integer"}},
+                "required": ["x"]} for n in range(5)]
+    grammars = [JsonGrammar.for_schema(schema, tokenizer) for schema in schemas]
+    kept = core._GRAMMARS[tokenizer]
+    assert len(kept) == 3 and list(kept.values()) == grammars[2:]  # the oldest went first
+    assert JsonGrammar.for_schema(schemas[4], tokenizer) is grammars[4]

@@ -163,11 +163,12 @@ class ToolUnion:
 
     def __init__(self, name: str, tools: Sequence[Any], *, parallel: bool = True,
                  max_calls: int = 4):
+        built = [Tool.of(tool) for tool in tools]
         self.name = name
-        self.tools = {tool.name: tool for tool in map(Tool.of, tools)}
+        self.tools = {tool.name: tool for tool in built}
         self.parallel = parallel
         self.max_calls = max_calls if parallel else 1
-        self.definitions = [tool.definition for tool in map(Tool.of, tools)]
+        self.definitions = [tool.definition for tool in built]
         self.schema = toolset_schema(name, self.definitions, parallel=parallel,
                                      max_calls=self.max_calls)
 

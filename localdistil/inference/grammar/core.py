@@ -43,8 +43,12 @@ DEFAULT_BACKEND = "llguidance"
 """Builds a schema's grammar lazily, in milliseconds whatever the schema, where outlines_core
 builds the whole automaton up front (seconds for a schema with floats or long strings)."""
 
+MAX_GRAMMARS = 256
+"""Grammars kept per tokenizer; the oldest built is let go first. A server answering schemas
+its clients send would otherwise grow without bound."""
+
 _TABLES: weakref.WeakKeyDictionary[Any, TokenTable] = weakref.WeakKeyDictionary()
-# tokenizer -> {(schema hash, backend): grammar}
+# tokenizer -> {(schema hash, backend): grammar}, oldest first
 _GRAMMARS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], JsonGrammar]] = (
     weakref.WeakKeyDictionary())
 _CACHE_LOCK = threading.Lock()
@@ -103,7 +107,10 @@ class JsonGrammar:
                 grammar = cls(schema, table, backend)
                 with _CACHE_LOCK:
                     _TABLES.setdefault(tokenizer, table)
-                    _GRAMMARS.setdefault(tokenizer, {})[key] = grammar
+                    kept = _GRAMMARS.setdefault(tokenizer, {})
+                    kept[key] = grammar
+                    while len(kept) > MAX_GRAMMARS:
+                        del kept[next(iter(kept))]
             finally:
                 with _CACHE_LOCK:
                     _BUILD_LOCKS.pop((id(tokenizer), *key), None)
