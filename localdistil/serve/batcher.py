@@ -84,7 +84,7 @@ class Batcher:
         self._answered = 0  # items the last batch answered
         self._answered_at = 0.0  # when (the loop's clock)
         self._arrivals = 0  # items submitted since then
-        self._arrived: asyncio.Event | None = None
+        self._arrived = asyncio.Event()  # made anew with the task (a new event loop)
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, prompt: Sequence[int], decode: Decode) -> Outcome:
@@ -100,7 +100,6 @@ class Batcher:
         job = _Job(list(prompt), decode, loop.create_future())
         self._pending.append(job)
         self._arrivals += 1
-        assert self._arrived is not None
         self._arrived.set()
         return await job.future
 
@@ -129,7 +128,6 @@ class Batcher:
 
     async def _run(self) -> None:
         arrived = self._arrived
-        assert arrived is not None
         loop = asyncio.get_running_loop()
         while True:
             await arrived.wait()

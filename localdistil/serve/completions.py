@@ -158,7 +158,8 @@ def _refuse_unsupported(request: ChatCompletionRequest) -> None:
 def _plan_adapter(served: ServedModel, loaded: Loaded, request: ChatCompletionRequest
                   ) -> tuple[list[int], dict[str, Any], str | None, bool]:
     function, schema = loaded.function, loaded.schema
-    assert function is not None and schema is not None
+    if function is None or schema is None:  # the caller routes base models elsewhere
+        raise ValueError(f"{served.name} serves no function")
     if toolset_info(schema) is not None:  # a tool set: the answer is tool calls
         tools = _tools(request)
         forced = _forced(request, tools) if tools else None

@@ -163,7 +163,8 @@ class Toolset:
             raise ValueError(f"tool set {self.name}: pass model= (a run directory or adapter)")
         engine = Engine.for_adapter(model)
         manifest = engine.manifest
-        assert manifest is not None
+        if manifest is None:  # for_adapter always reads one; a base model has none
+            raise AdapterMismatchError(f"{model} holds no adapter manifest", path=engine.path)
         changes: dict[str, Any] = {}
         trained = manifest.output_schema or {}
         if schema_hash(trained) != schema_hash(self.schema):
