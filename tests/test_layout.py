@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "localdistil"
-SHARED = {"config", "errors", "spec", "prompts"}
+SHARED = {"config", "errors", "files", "spec", "prompts"}
 #: What each part may import from the package (besides itself): the data flow of DESIGN.md,
 #: cli -> serve, trace, training, sources -> inference -> models, records -> shared ground.
 ALLOWED = {

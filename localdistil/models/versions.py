@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from localdistil.errors import AdapterError
+from localdistil.files import replace_file
 
 __all__ = ["AUTO_SUBDIR", "PROMOTED_NAME", "VERSIONS_SUBDIR", "VersionInfo", "describe_versions",
            "format_versions", "list_versions", "promote", "promoted_version", "promotion_history",
@@ -139,20 +140,7 @@ def _locked(run: Path) -> Iterator[None]:
 
 def _write_promoted(run: Path, version: str, history: list[str]) -> None:
     """Replace ``RUN/promoted`` atomically and durably (caller holds the lock)."""
-    for stale in run.glob(f".{PROMOTED_NAME}.tmp-*"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
-    temporary = run / f".{PROMOTED_NAME}.tmp-{uuid.uuid4().hex[:8]}"
-    data = json.dumps({"version": version, "history": history}) + "\n"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, run / PROMOTED_NAME)
-    directory = os.open(run, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power cut
-    finally:
-        os.close(directory)
+    replace_file(run / PROMOTED_NAME, json.dumps({"version": version, "history": history}) + "\n")
 
 
 def promote(run: str | os.PathLike[str], version: str) -> None:

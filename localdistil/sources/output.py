@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from localdistil.errors import RecipeError
+from localdistil.files import replace_file
 from localdistil.sources.chunk import Chunk
 from localdistil.sources.filters import QuestionFilter, Reject
 from localdistil.sources.recipe import SynthRecipe
@@ -65,7 +66,7 @@ def prepare_output(out: Path, recipe: SynthRecipe, *, overwrite: bool) -> Output
                 "or start over with --overwrite", key="output.dir")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        write_atomic(settings_path, json.dumps(
+        replace_file(settings_path, json.dumps(
             {"version": 1, "settings": settings, "recipe": recipe.as_dict()}, indent=2,
             ensure_ascii=False) + "\n")
     done_lines = whole_lines(out / DONE, keep=lambda obj: "chunk_hash" in obj)
@@ -110,7 +111,7 @@ def whole_lines(path: Path, *, keep: Any) -> list[dict[str, Any]]:
         else:
             dropped = True
     if dropped:
-        write_atomic(path, b"".join(line + b"\n" for line in raw_kept))
+        replace_file(path, b"".join(line + b"\n" for line in raw_kept))
     return kept
 
 
@@ -126,14 +127,6 @@ def append_lines(path: Path, objects: Sequence[dict[str, Any]]) -> None:
             view = view[os.write(fd, view):]
     finally:
         os.close(fd)
-
-
-def write_atomic(path: Path, content: str | bytes) -> None:
-    """Replace ``path`` with ``content`` by a rename: readers see the old file or the new."""
-    data = content.encode() if isinstance(content, str) else content
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
 
 
 def write_chunk(out: Path, chunk: Chunk, records: Sequence[dict[str, Any]],

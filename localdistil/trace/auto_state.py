@@ -38,13 +38,13 @@ import json
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from localdistil.errors import DecorationError
+from localdistil.files import replace_file
 
 try:  # POSIX; elsewhere the atomic replace alone keeps the file whole
     import fcntl
@@ -279,13 +279,7 @@ class AutoState:
 
     def _write(self, state: Snapshot) -> None:
         data = {"function": self.path.stem, **dataclasses.asdict(state), "updated": _now()}
-        staging = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        try:
-            staging.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-            os.replace(staging, self.path)
-        except BaseException:
-            staging.unlink(missing_ok=True)
-            raise
+        replace_file(self.path, json.dumps(data, indent=1) + "\n")
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:

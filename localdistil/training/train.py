@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import sys
 import time
@@ -52,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from localdistil.errors import AdapterError, RecipeError
+from localdistil.files import replace_file
 from localdistil.models.adapter import (
     ADAPTER_SUBDIR,
     Manifest,
@@ -282,9 +282,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
 
 def _write_json(path: Path, data: Any) -> None:
     """Replace ``path`` with ``data`` as JSON, atomically (a reader sees the old or the new)."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    replace_file(path, json.dumps(data, indent=2) + "\n")
 
 
 def _clear_output(output_dir: Path, *, overwrite: bool, resume: bool) -> None:
