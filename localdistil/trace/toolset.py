@@ -182,9 +182,9 @@ class Toolset:
         return engine
 
     def prompt(self, engine: Engine, user_message: str) -> list[int]:
-        """The prompt's token ids, rendered as the adapter's training rendered it."""
-        style = engine.manifest.prompt_style if engine.manifest else "compact"
-        return engine.encode(self.union.messages(user_message, style))
+        """The prompt's token ids, rendered from the adapter's manifest exactly as its training
+        rendered it (so a tool whose docstring changed since cannot change the prompt)."""
+        return engine.call_prompt({TOOLSET_PARAMETER: user_message})
 
     def ask_teacher(self, user_message: str, teacher: Teacher | None,
                     ) -> tuple[list[ToolCall], list[Any], Attempt]:
