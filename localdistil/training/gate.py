@@ -7,9 +7,10 @@ entry as that step's held-out loss. It keeps the best state (highest exact match
 held-out loss) in memory and in each checkpoint, so that the version written is the best one,
 also after ``--resume``; and it stops training early (:func:`stop_reason`).
 
-After training, :func:`judge` decides whether the new version is promoted: the recipe's
-``gate:`` thresholds, and, with ``gate.not_worse``, the promoted version's exact match on the
-same held-out calls.
+After training, :func:`evaluate_and_judge` evaluates the new version and :func:`judge` decides
+whether it is promoted: the recipe's ``gate:`` thresholds, and, with ``gate.not_worse``, the
+promoted version's exact match on the same held-out calls (its own ``eval.json`` reused when it
+answered exactly those); :func:`verdict_message` says what came of it.
 
 Several processes (``accelerate launch``, DDP): the main process evaluates, the others wait
 for it at a broadcast of the result and the stop decision, so every process keeps the same log
@@ -21,6 +22,7 @@ version written).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -28,13 +30,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from localdistil.errors import AdapterError
 from localdistil.inference.agreement import Agreement, compare_outputs
+from localdistil.models.adapter import ADAPTER_SUBDIR, adapter_dir
+from localdistil.models.versions import promoted_version
 
 if TYPE_CHECKING:
     from localdistil.models.adapter import Manifest
     from localdistil.records import Record
     from localdistil.training.evaluate import EvalReport
-    from localdistil.training.recipe import GateSection
+    from localdistil.training.recipe import GateSection, Recipe
 
 #: The file in each checkpoint that keeps the best LoRA state so far (``--resume`` reads it).
 BEST_STATE_NAME = "localdistil_best.safetensors"
@@ -260,8 +265,6 @@ def _lora_state(model: Any) -> dict[str, Any]:
 
 
 def _save_best(best: tuple[Evaluation, dict[str, Any]], path: Path) -> None:
-    import json
-
     from safetensors.torch import save_file
 
     evaluation, weights = best
@@ -272,8 +275,6 @@ def _save_best(best: tuple[Evaluation, dict[str, Any]], path: Path) -> None:
 
 
 def _load_best(path: Path) -> tuple[Evaluation, dict[str, Any]] | None:
-    import json
-
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -337,3 +338,73 @@ def judge(gate: GateSection, report: EvalReport | None, *, against: str | None =
                        valid_rate=report.valid_rate,
                        against=against if against_report is not None else None,
                        against_exact=against_exact)
+
+
+# -- judging a new version ----------------------------------------------------------------
+
+
+def current_version(output_dir: Path) -> tuple[str, Path] | None:
+    """``(name, adapter directory)`` of what ``output_dir`` loads now, before the new version:
+    the promoted version, or the ``adapter/`` of a run from before versions; None if neither."""
+    try:
+        path = adapter_dir(output_dir)
+    except AdapterError:
+        return None
+    return (promoted_version(output_dir) or f"{ADAPTER_SUBDIR}/"), path
+
+
+def evaluate_and_judge(recipe: Recipe, version: Path, held_out: list[Record],
+                       current: tuple[str, Path] | None, metrics: dict[str, Any], *,
+                       say: Callable[[str], None]) -> GateVerdict:
+    """Evaluate the new ``version``, write its ``eval.json`` and ``eval.md``, and judge it by the
+    gate against ``current`` on the same held-out calls."""
+    if not held_out:
+        return judge(recipe.gate, None)
+    from localdistil.training.evaluate import evaluate, format_eval, write_eval
+
+    say(f"evaluating {version.name} on {len(held_out)} held-out call(s)")
+    batch_size = recipe.train.batch_size
+    report = evaluate(version, held_out, batch_size=batch_size)
+    write_eval(report, version)
+    metrics["eval"] = {k: v for k, v in report.to_dict().items() if k != "samples"}
+    say(format_eval(report))
+    against = against_report = None
+    if recipe.gate.not_worse and current is not None:
+        against, path = current
+        against_report = _earlier_evaluation(path, held_out)
+        if against_report is None:
+            say(f"evaluating the promoted {against} on the same {len(held_out)} call(s)")
+            against_report = evaluate(path, held_out, batch_size=batch_size)
+    return judge(recipe.gate, report, against=against, against_report=against_report)
+
+
+def _earlier_evaluation(version: Path, held_out: list[Record]) -> EvalReport | None:
+    """A version's own evaluation, when it answered exactly ``held_out`` (greedy decoding
+    answers the same calls the same way again); else None."""
+    from localdistil.training.evaluate import EvalReport
+
+    try:
+        saved = json.loads((version / "eval.json").read_text(encoding="utf-8"))
+        report = EvalReport(**saved)
+    except (OSError, ValueError, TypeError):
+        return None
+    asked = [(s.get("args"), s.get("expected")) for s in report.samples]
+    return report if asked == [(r.args, r.output) for r in held_out] else None
+
+
+def verdict_message(output_dir: Path, name: str, verdict: GateVerdict,
+                    current: tuple[str, Path] | None) -> str:
+    """What ``train`` says of the new version ``name`` once the gate has judged it."""
+    if verdict.passed and not verdict.judged:
+        return (f"promoted {name} unjudged: no held-out calls were answered (train.eval_samples "
+                "is 0 or there is no held-out data)")
+    if verdict.passed:
+        compared = (f", not worse than {verdict.against} ({verdict.against_exact:.1%})"
+                    if verdict.against else "")
+        return (f"promoted {name}: exact match {verdict.exact_match:.1%}, valid "
+                f"{verdict.valid_rate:.1%} on {verdict.calls} held-out call(s){compared}")
+    still = (f"{output_dir} still loads {current[0]}" if current else
+             f"no version of {output_dir} is promoted yet")
+    return (f"the gate refused {name}, which stays a candidate ({still}):\n  "
+            + "\n  ".join(verdict.reasons)
+            + f"\npromote it anyway with: python -m localdistil runs promote {output_dir} {name}")

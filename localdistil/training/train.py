@@ -50,12 +50,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from localdistil.errors import AdapterError, RecipeError
+from localdistil.errors import RecipeError
 from localdistil.files import replace_file
 from localdistil.models.adapter import (
     ADAPTER_SUBDIR,
     Manifest,
-    adapter_dir,
     library_versions,
     tokenizer_hash,
     write_manifest,
@@ -65,18 +64,22 @@ from localdistil.models.versions import (
     PROMOTED_NAME,
     VERSIONS_SUBDIR,
     promote,
-    promoted_version,
     remove_unfinished_versions,
     writing_version,
 )
 from localdistil.prompts import PROMPT_VERSION
 from localdistil.training.dataset import TrainingData, build_dataset, format_report, select_records
-from localdistil.training.gate import GateVerdict, judge, time_to_gate
+from localdistil.training.gate import (
+    GateVerdict,
+    current_version,
+    evaluate_and_judge,
+    time_to_gate,
+    verdict_message,
+)
 from localdistil.training.metrics import plot_losses, run_metrics
 
 if TYPE_CHECKING:
     from localdistil.records import Record
-    from localdistil.training.evaluate import EvalReport
     from localdistil.training.gate import AccuracyCallback
     from localdistil.training.recipe import Recipe
 
@@ -259,7 +262,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     if not main:
         return TrainResult(output_dir=output_dir, adapter_dir=output_dir, metrics=metrics,
                            is_main_process=False)
-    current = _current_version(output_dir)
+    current = current_version(output_dir)
     with writing_version(output_dir) as (name, staging):
         model = trainer.accelerator.unwrap_model(trainer.model)
         model.save_pretrained(staging, state_dict=state_dict)
@@ -270,12 +273,12 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
             plot_losses(metrics, staging / "loss.png")
     version_path = output_dir / VERSIONS_SUBDIR / name
     # evaluated where it will stay, so that dispatch in this process finds its engine loaded
-    verdict = _evaluate_and_judge(recipe, version_path, held_out, current, metrics)
+    verdict = evaluate_and_judge(recipe, version_path, held_out, current, metrics, say=_say)
     metrics["gate"] = verdict.to_dict()
     _write_json(version_path / "metrics.json", metrics)
     if verdict.passed:
         promote(output_dir, name)
-    _say(_verdict_message(output_dir, name, verdict, current))
+    _say(verdict_message(output_dir, name, verdict, current))
     return TrainResult(output_dir=output_dir, adapter_dir=version_path, metrics=metrics,
                        version=name, promoted=verdict.passed, gate=verdict)
 
@@ -353,71 +356,6 @@ def _accuracy_metrics(watch: AccuracyCallback, recipe: Recipe) -> dict[str, Any]
         "time_to_gate_s": time_to_gate(history, recipe.gate.min_exact, recipe.gate.min_valid),
         "gate_min_exact": recipe.gate.min_exact,
     }
-
-
-def _current_version(output_dir: Path) -> tuple[str, Path] | None:
-    """``(name, adapter directory)`` of what ``output_dir`` loads now, before the new version:
-    the promoted version, or the ``adapter/`` of a run from before versions; None if neither."""
-    try:
-        path = adapter_dir(output_dir)
-    except AdapterError:
-        return None
-    return (promoted_version(output_dir) or f"{ADAPTER_SUBDIR}/"), path
-
-
-def _evaluate_and_judge(recipe: Recipe, version: Path, held_out: list[Record],
-                        current: tuple[str, Path] | None, metrics: dict[str, Any]) -> GateVerdict:
-    """Evaluate the new ``version``, write its ``eval.json`` and ``eval.md``, and judge it by the
-    gate against ``current`` on the same held-out calls."""
-    if not held_out:
-        return judge(recipe.gate, None)
-    from localdistil.training.evaluate import evaluate, format_eval, write_eval
-
-    _say(f"evaluating {version.name} on {len(held_out)} held-out call(s)")
-    batch_size = recipe.train.batch_size
-    report = evaluate(version, held_out, batch_size=batch_size)
-    write_eval(report, version)
-    metrics["eval"] = {k: v for k, v in report.to_dict().items() if k != "samples"}
-    _say(format_eval(report))
-    against = against_report = None
-    if recipe.gate.not_worse and current is not None:
-        against, path = current
-        against_report = _earlier_evaluation(path, held_out)
-        if against_report is None:
-            _say(f"evaluating the promoted {against} on the same {len(held_out)} call(s)")
-            against_report = evaluate(path, held_out, batch_size=batch_size)
-    return judge(recipe.gate, report, against=against, against_report=against_report)
-
-
-def _earlier_evaluation(version: Path, held_out: list[Record]) -> EvalReport | None:
-    """A version's own evaluation, when it answered exactly ``held_out`` (greedy decoding
-    answers the same calls the same way again); else None."""
-    from localdistil.training.evaluate import EvalReport
-
-    try:
-        saved = json.loads((version / "eval.json").read_text(encoding="utf-8"))
-        report = EvalReport(**saved)
-    except (OSError, ValueError, TypeError):
-        return None
-    asked = [(s.get("args"), s.get("expected")) for s in report.samples]
-    return report if asked == [(r.args, r.output) for r in held_out] else None
-
-
-def _verdict_message(output_dir: Path, name: str, verdict: GateVerdict,
-                     current: tuple[str, Path] | None) -> str:
-    if verdict.passed and not verdict.judged:
-        return (f"promoted {name} unjudged: no held-out calls were answered (train.eval_samples "
-                "is 0 or there is no held-out data)")
-    if verdict.passed:
-        compared = (f", not worse than {verdict.against} ({verdict.against_exact:.1%})"
-                    if verdict.against else "")
-        return (f"promoted {name}: exact match {verdict.exact_match:.1%}, valid "
-                f"{verdict.valid_rate:.1%} on {verdict.calls} held-out call(s){compared}")
-    still = (f"{output_dir} still loads {current[0]}" if current else
-             f"no version of {output_dir} is promoted yet")
-    return (f"the gate refused {name}, which stays a candidate ({still}):\n  "
-            + "\n  ".join(verdict.reasons)
-            + f"\npromote it anyway with: python -m localdistil runs promote {output_dir} {name}")
 
 
 def _process_state() -> Any:
