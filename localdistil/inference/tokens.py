@@ -27,6 +27,18 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
+#: Forced texts whose split (:meth:`TokenTable.split_tail`) is kept; past this many the cache
+#: starts over.
+TAIL_CACHE_SIZE = 4096
+_ALL_BYTES = frozenset(range(256))
+#: Characters standing for every non-ASCII first byte (a letter, a symbol) ...
+PROBE_NON_ASCII = ("é", "€")
+#: ... and what may follow the first one in JSON, when :meth:`TokenTable.split_tail` asks
+#: whether a continuation changes a tail's tokens (merges reach two characters ahead:
+#: ``":[`` + ``{"``).
+PROBE_SECOND = ("", '"', "{", "}", "[", "]", ",", ":", "a", "0", " ")
+
+
 class TokenTable:
     """The exact bytes of every token of one tokenizer, and each engine's view of them.
 
@@ -51,6 +63,7 @@ class TokenTable:
         self._tokenizer = weakref.ref(tokenizer)
         self._lock = threading.Lock()
         self._views: dict[str, Any] = {}
+        self._tails: dict[str, tuple[str, frozenset[int]]] = {}
 
     def encode(self, text: str) -> list[int]:
         """The tokenizer's own ids for ``text``, no special tokens added."""
@@ -58,6 +71,54 @@ class TokenTable:
         if tokenizer is None:  # the grammar outlived its tokenizer: no forced runs, still correct
             return []
         return list(tokenizer.encode(text, add_special_tokens=False))
+
+    def split_tail(self, text: str) -> tuple[str, frozenset[int]]:
+        """``text`` without its last pre-token, and the bytes that, written next, would change
+        how that pre-token is tokenized.
+
+        A byte-level BPE tokenizer first splits text into pre-tokens (runs of letters, of
+        digits, of punctuation) and tokenizes each alone, so the tokens of every pre-token but
+        the last are fixed whatever follows; the last one's may not be: SmolLM2 writes
+        ``"}},{`` as ``"}`` + ``},`` + ``{"`` but ``"}}]}`` as ``"`` + ``}}`` + ``]}``, so
+        ``,`` changes the tokens of ``"}}``. Each next byte is tried with the likely second
+        characters of :data:`PROBE_SECOND`; bytes from 128 up (the start of a non-ASCII
+        character) count as changing when ``é`` or ``€`` would. A tokenizer without a
+        pre-tokenizer has one pre-token: the head is empty and every byte changes it. Cached per
+        text (forced runs repeat).
+        """
+        found = self._tails.get(text)
+        if found is not None:
+            return found
+        tokenizer = self._tokenizer()
+        pre_tokenizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer",
+                                None)
+        if tokenizer is None or pre_tokenizer is None:
+            found = ("", _ALL_BYTES)
+        else:
+            pieces = pre_tokenizer.pre_tokenize_str(text)
+            start = pieces[-1][1][0] if pieces else 0
+            head, tail = text[:start], text[start:]
+            found = (head, self._changing_bytes(tokenizer, tail))
+        with self._lock:
+            if len(self._tails) >= TAIL_CACHE_SIZE:
+                self._tails.clear()
+            self._tails[text] = found
+        return found
+
+    @staticmethod
+    def _changing_bytes(tokenizer: Any, tail: str) -> frozenset[int]:
+        """The first bytes of the continuations in :data:`PROBE_FIRST` x :data:`PROBE_SECOND`
+        after which ``tail`` is no longer tokenized as alone."""
+        firsts = [chr(byte) for byte in range(128)] + list(PROBE_NON_ASCII)
+        texts = [tail] + [tail + first + second for first in firsts for second in PROBE_SECOND]
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        alone, width = encoded[0], len(PROBE_SECOND)
+        changing = set()
+        for number, first in enumerate(firsts):
+            group = encoded[1 + number * width: 1 + (number + 1) * width]
+            if any(ids[: len(alone)] != alone for ids in group):
+                changing.update(range(128, 256) if first in PROBE_NON_ASCII else (ord(first),))
+        return frozenset(changing)
 
     def belongs_to(self, tokenizer: PreTrainedTokenizerBase) -> bool:
         """Whether this table was made from ``tokenizer`` (the very object)."""

@@ -4,8 +4,9 @@ with.
 
 An engine implements :meth:`GrammarEngine.vocabulary` and :meth:`GrammarEngine.cursor`, and on
 its cursor four primitives (:meth:`Cursor.allowed`, :meth:`Cursor.advance`,
-:meth:`Cursor.is_final`, :meth:`Cursor.is_terminal`) and one helper
-(:meth:`Cursor._forced_bytes`); :meth:`Cursor.take_forced` is written once, here, on top of them.
+:meth:`Cursor.is_final`, :meth:`Cursor.is_terminal`) and two helpers
+(:meth:`Cursor._forced_bytes`, :meth:`Cursor._next_bytes_after`); :meth:`Cursor.take_forced`
+is written once, here, on top of them.
 """
 
 from __future__ import annotations
@@ -71,18 +72,33 @@ class Cursor:
         """The bytes the grammar forces from here: while it admits exactly one next byte."""
         raise NotImplementedError
 
+    def _next_bytes_after(self, forced: bytes) -> frozenset[int]:
+        """The first bytes of the tokens the grammar allows once ``forced`` (the bytes forced
+        from here) is written, without moving this cursor."""
+        raise NotImplementedError
+
     def take_forced(self, limit: int) -> list[int]:
         """Advance over the tokens the grammar forces from here (at most ``limit``), return them.
 
         The forced text runs while the grammar admits exactly one next byte (``{"a":``,
         ``,"result":``); its tokens are the tokenizer's own encoding of that text, what a model
-        fine-tuned on canonical outputs writes. Where the grammar also allows a token that runs
-        on past the forced text (``["`` where the text ends in ``[``), the last token is left to
-        the model, which learnt the text tokenized whole.
+        fine-tuned on canonical outputs writes. Where what the grammar allows next would change
+        the tokens of the text's last pre-token (:meth:`TokenTable.split_tail`), that
+        pre-token is left to the model: tokenized alone, a forced ``"}}`` already reads as
+        the end of a list (``"`` + ``}}``, where another item follows as ``"}`` + ``},``),
+        and would make the model's choice for it. Where the grammar also allows a token that
+        runs on past the forced text (``["`` where the text ends in ``[``), the last token is
+        left too.
         """
-        text = self._forced_bytes().decode("utf-8", errors="ignore")  # drops a split last char
+        raw = self._forced_bytes()
+        text = raw.decode("utf-8", errors="ignore")  # drops a split last char
         if not text or limit <= 0:
             return []
+        head, changing = self.table.split_tail(text)
+        if changing and self._next_bytes_after(text.encode()) & changing:
+            text = head
+            if not text:
+                return []
         tokens = self.table.encode(text)
         left = len(text.encode())
         taken: list[int] = []

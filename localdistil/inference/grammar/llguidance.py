@@ -77,6 +77,24 @@ class _GuidanceCursor(Cursor):
     def _forced_bytes(self) -> bytes:
         return self.matcher.compute_ff_bytes()
 
+    def _next_bytes_after(self, forced: bytes) -> frozenset[int]:
+        import numpy as np
+
+        tokens = [self.table.single_byte[byte] for byte in forced]
+        if min(tokens, default=0) < 0:
+            return frozenset(range(256))  # a byte without its own token: assume anything
+        consumed = self.matcher.try_consume_tokens(tokens)
+        try:
+            if consumed != len(tokens):
+                return frozenset()
+            bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8),
+                                 bitorder="little")[: self.table.size].astype(bool)
+            first = self.table.first_byte[bits]
+            return frozenset(int(b) for b in np.unique(first) if b >= 0)
+        finally:
+            if consumed:
+                self.matcher.rollback(consumed)
+
 
 def _vocabulary(table: TokenTable) -> Any:
     """The vocabulary as llguidance takes it: an ``LLTokenizer`` over the exact token bytes."""

@@ -37,6 +37,7 @@ class IndexEngine(GrammarEngine):
         self.eos = -1 if table.eos_id is None else table.eos_id
         self.sets: dict[int, tuple[numpy.ndarray, bool]] = {}
         self.forced: dict[int, bytes] = {}
+        self.after: dict[tuple[int, bytes], frozenset[int]] = {}
         self.terminal: dict[int, bool] = {}
 
     @staticmethod
@@ -94,6 +95,22 @@ class IndexEngine(GrammarEngine):
         return found
 
 
+    def next_bytes_after(self, state: int, forced: bytes) -> frozenset[int]:
+        """The first bytes of the tokens allowed after walking ``forced`` from ``state``."""
+        key = (state, forced)
+        found = self.after.get(key)
+        if found is None:
+            current: int | None = state
+            for byte in forced:
+                token = self.table.single_byte[byte]
+                current = None if token < 0 else self.index.get_next_state(current, token)
+                if current is None:
+                    break
+            first = () if current is None else self.table.first_byte[self.allowed_ids(current)]
+            found = self.after[key] = frozenset(int(b) for b in set(first) if b >= 0)
+        return found
+
+
 class _IndexCursor(Cursor):
     def __init__(self, engine: IndexEngine):
         self.table, self.engine, self.state = engine.table, engine, engine.initial
@@ -116,6 +133,9 @@ class _IndexCursor(Cursor):
 
     def _forced_bytes(self) -> bytes:
         return self.engine.forced_bytes(self.state)
+
+    def _next_bytes_after(self, forced: bytes) -> frozenset[int]:
+        return self.engine.next_bytes_after(self.state, forced)
 
 
 def _vocabulary(table: TokenTable) -> Any:
