@@ -70,16 +70,17 @@ def test_only_model_and_data_train_are_required_and_the_rest_defaults():
     lora = recipe.lora
     assert (lora.r, lora.alpha, lora.dropout, lora.target_modules) == (16, 32, 0.05, "all-linear")
     train = recipe.train
-    assert (train.epochs, train.max_steps, train.batch_size) == (3, None, 8)
+    assert (train.epochs, train.max_steps, train.batch_size) == ("auto", None, 8)
     assert train.gradient_accumulation_steps == 1
-    assert (train.learning_rate, train.lr_scheduler) == (2e-4, "cosine")
+    assert (train.learning_rate, train.lr_scheduler) == ("auto", "cosine")
+    assert train.group_by_length
     assert (train.warmup_ratio, train.weight_decay) == (0.03, 0.0)
     assert (train.max_length, train.seed) == (512, 0)
     assert (train.precision, train.quantization) == ("auto", "none")
     assert not (train.gradient_checkpointing or train.packing or train.padding_free)
     assert (train.logging_steps, train.save_steps, train.save_total_limit) == (10, 50, 2)
     assert (train.eval_steps, train.eval_samples) == (None, 50)
-    assert (train.eval_every, train.patience) == (None, 3)
+    assert (train.eval_every, train.patience) == (None, 2)
     gate = recipe.gate
     assert (gate.min_exact, gate.min_valid, gate.not_worse) == (0.95, 1.0, True)
     assert (recipe.output.dir, recipe.output.plot) == ("runs/model", True)

@@ -23,7 +23,7 @@ OPEN_GATE = {"min_exact": 0.0, "min_valid": 0.0}
 
 def tiny_recipe(model, data, out, *, gate=OPEN_GATE, **train):
     settings = {"max_steps": 16, "batch_size": 4, "learning_rate": 1e-2, "warmup_ratio": 0,
-                "logging_steps": 2, "save_steps": 8, **train}
+                "logging_steps": 2, "save_steps": 8, "patience": None, **train}
     return parse_recipe({
         "model": str(model),
         "data": {"train": [str(data)], "eval_fraction": 0.125},
@@ -319,3 +319,40 @@ def test_train_command_prints_where_everything_is(tiny_model_dir, traced_multipl
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["examples"] == 2
     assert main(["eval"]) == 1
     assert "eval needs a recipe" in capsys.readouterr().err
+
+
+def test_auto_steps_pass_once_over_large_data_and_repeat_small_data():
+    from localdistil.training.train import MIN_AUTO_STEPS, plan_steps
+
+    def recipe(**train):
+        return parse_recipe({"model": "m", "data": {"train": ["x.jsonl"]}, "train": train})
+
+    assert plan_steps(recipe(), 65) == MIN_AUTO_STEPS == 200  # 72 distinct calls: many passes
+    assert plan_steps(recipe(), 2400) == 300  # one pass of batch 8
+    assert plan_steps(recipe(gradient_accumulation_steps=2), 6400, processes=2) == 200
+    assert plan_steps(recipe(epochs=3), 65) is None  # the recipe's epochs, as written
+    assert plan_steps(recipe(epochs=3, max_steps=7), 65) == 7
+
+
+def test_auto_learning_rate_follows_the_base_models_size():
+    from localdistil.training.train import choose_learning_rate
+
+    def recipe(**train):
+        return parse_recipe({"model": "m", "data": {"train": ["x.jsonl"]}, "train": train})
+
+    assert choose_learning_rate(recipe(), 135_000_000) == 1e-3
+    assert choose_learning_rate(recipe(), 7_000_000_000) == 2e-4
+    assert choose_learning_rate(recipe(learning_rate=5e-4), 135_000_000) == 5e-4
+
+
+def test_auto_precision_on_a_cpu_is_bf16_only_with_native_bf16(monkeypatch):
+    import torch
+
+    from localdistil.training import train as train_module
+
+    recipe = parse_recipe({"model": "m", "data": {"train": ["x.jsonl"]}})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    assert train_module.choose_precision(recipe) == "bf16"
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    assert train_module.choose_precision(recipe) == "fp32"

@@ -140,15 +140,19 @@ class LoraSection(_Section):
 class TrainSection(_Section):
     """``train:`` the optimisation run (TRL SFTConfig / transformers TrainingArguments)."""
 
-    epochs: float = Field(3.0, gt=0, description=(
-        "passes over the training set, above 0 (fractions allowed); unused with max_steps"))
+    epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = Field("auto", description=(
+        "passes over the training set, above 0 (fractions allowed), or auto: one pass, or as "
+        "many as make at least 200 optimizer steps when the data is small (training stops "
+        "early at the gate, train.patience); unused with max_steps"))
     max_steps: int | None = Field(None, gt=0, description=(
         "stop after this many optimizer steps, overriding train.epochs; null = use epochs"))
     batch_size: int = Field(8, gt=0, description="examples per device per forward pass, above 0")
     gradient_accumulation_steps: int = Field(1, gt=0, description=(
         "forward passes per optimizer step; the effective batch is batch_size x this"))
-    learning_rate: float = Field(2e-4, gt=0, description=(
-        "the peak learning rate, above 0 (LoRA usually 1e-4 to 5e-4)"))
+    learning_rate: Annotated[float, Field(gt=0)] | Literal["auto"] = Field("auto", description=(
+        "the peak learning rate, above 0, or auto: 1e-3 for base models under a billion "
+        "parameters (what small models need to learn a function in a few hundred steps), "
+        "2e-4 from a billion up (the usual LoRA rate for larger models)"))
     lr_scheduler: _Scheduler = Field("cosine", description=(
         "how the learning rate decays after warm-up (a transformers scheduler name)"))
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description=(
@@ -160,14 +164,15 @@ class TrainSection(_Section):
     seed: int = Field(0, ge=0, description=(
         "seed for the split, shuffling, adapter initialisation and dropout, 0 or more"))
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description=(
-        "auto = bf16 on a GPU that supports it, else fp16 on a GPU; fp32 on CPU"))
+        "auto = bf16 on a GPU that supports it, else fp32 on a GPU; on a CPU bf16 where it has "
+        "native bf16 instructions (avx512_bf16 or AMX), else fp32"))
     gradient_checkpointing: bool = Field(False, description=(
         "recompute activations in the backward pass: less memory, about 6 % slower"))
     packing: bool = Field(False, description=(
         "pack short examples into sequences of max_length; may be combined with padding_free"))
     padding_free: bool = Field(False, description=(
         "batch without padding tokens; pays off with a variable-length attention kernel (GPU)"))
-    group_by_length: bool = Field(False, description=(
+    group_by_length: bool = Field(True, description=(
         "batch examples of similar length together (random groups of 50 batches, sorted): "
         "less padding to compute where lengths vary"))
     quantization: Literal["none", "4bit"] = Field("none", description=(
@@ -185,7 +190,7 @@ class TrainSection(_Section):
     eval_every: int | None = Field(None, gt=0, description=(
         "steps between those accuracy evaluations during training; null = about 10 per run, "
         "never more often than every 10 steps. The last step is always evaluated"))
-    patience: int | None = Field(3, gt=0, description=(
+    patience: int | None = Field(2, gt=0, description=(
         "evaluations: stop early once the gate's min_exact and min_valid have been met this "
         "many evaluations in a row, or the held-out exact match (ties: eval loss) has not "
         "improved for this many; null = never stop early"))

@@ -25,9 +25,12 @@ A version trained without held-out calls is promoted unjudged.
 
 Everything that can be wrong with the input (a directory that is not a training run, missing or
 empty data, records of several functions, an unknown model, a GPU-only option on a CPU machine)
-is reported before any model is loaded. Precision ``auto`` is bf16 on GPUs that support it and
-fp32 otherwise. A version is written into a temporary directory and renamed into place, so a
-crash never leaves a half-written version that looks complete.
+is reported before any model is loaded. Precision ``auto`` is bf16 where the hardware computes it
+natively (most GPUs; CPUs with avx512_bf16 or AMX) and fp32 otherwise; ``train.learning_rate``
+and ``train.epochs`` ``auto`` follow from the base model's size and the data's
+(:func:`choose_learning_rate`, :func:`plan_steps`). A version is written into a temporary
+directory and renamed into place, so a crash never leaves a half-written version that looks
+complete.
 
 Several processes (``accelerate launch --num_processes 2 -m localdistil train recipe.yaml``; DDP by
 default, FSDP with an accelerate config, see ``recipes/accelerate/``) train one adapter together.
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import sys
 import time
@@ -189,8 +193,57 @@ def choose_precision(recipe: Recipe) -> str:
         raise RecipeError("train.precision: fp16 needs a CUDA GPU. Use auto, fp32 or bf16 on a "
                           "CPU.", key="train.precision")
     if precision == "auto":
-        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
     return precision
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (x86 ``avx512_bf16`` or AMX), where bf16 training
+    is faster than fp32; elsewhere bf16 is emulated and slower. Read from ``/proc/cpuinfo``, so
+    false on systems without it."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+#: ``train.epochs: auto``: one pass over the data, but at least this many optimizer steps
+MIN_AUTO_STEPS = 200
+#: ``train.learning_rate: auto``: this rate below ``LARGE_MODEL_PARAMETERS`` parameters ...
+SMALL_MODEL_LEARNING_RATE = 1e-3
+#: ... and this one from there up
+LARGE_MODEL_LEARNING_RATE = 2e-4
+LARGE_MODEL_PARAMETERS = 1_000_000_000
+
+
+def plan_steps(recipe: Recipe, train_examples: int, processes: int = 1) -> int | None:
+    """The optimizer steps to train for, or None to go by ``train.epochs``.
+
+    ``train.max_steps`` when set; with ``train.epochs: auto``, one pass over ``train_examples``
+    but never fewer than :data:`MIN_AUTO_STEPS` steps: a few dozen distinct calls are passed
+    over many times, which a small model needs (the early stop at the gate ends it sooner).
+    """
+    t = recipe.train
+    if t.max_steps is not None:
+        return t.max_steps
+    if t.epochs != "auto":
+        return None
+    per_step = t.batch_size * t.gradient_accumulation_steps * processes
+    return max(MIN_AUTO_STEPS, math.ceil(train_examples / per_step))
+
+
+def choose_learning_rate(recipe: Recipe, parameters: int) -> float:
+    """``train.learning_rate``, or for ``auto`` the rate for a base model of this size."""
+    rate = recipe.train.learning_rate
+    if rate != "auto":
+        return rate
+    return (SMALL_MODEL_LEARNING_RATE if parameters < LARGE_MODEL_PARAMETERS
+            else LARGE_MODEL_LEARNING_RATE)
 
 
 def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> TrainResult:
@@ -403,14 +456,21 @@ def _make_trainer(recipe: Recipe, model_path: Path, tokenizer: Any, data: Traini
             model, use_gradient_checkpointing=t.gradient_checkpointing)
 
     has_eval = data.eval is not None
+    steps = plan_steps(recipe, len(data.train), _process_state().num_processes)
+    learning_rate = choose_learning_rate(recipe, model.num_parameters())
+    if _process_state().is_main_process and (t.learning_rate == "auto" or t.epochs == "auto"):
+        _say(f"train.learning_rate {t.learning_rate} -> {learning_rate:g}; "
+             + (f"train.epochs auto -> {steps} steps ({len(data.train)} examples, at least "
+                f"{MIN_AUTO_STEPS} steps)" if t.max_steps is None and t.epochs == "auto"
+                else f"{steps} steps" if steps else f"{t.epochs:g} epochs"))
     config = SFTConfig(
         output_dir=str(output_dir / CHECKPOINTS_SUBDIR),
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps if t.max_steps is not None else -1,
+        num_train_epochs=1.0 if t.epochs == "auto" else t.epochs,
+        max_steps=steps if steps is not None else -1,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
+        learning_rate=learning_rate,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,
         weight_decay=t.weight_decay,
