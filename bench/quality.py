@@ -16,11 +16,22 @@ Printed per example and model: held-out calls, exact match, valid outputs, each 
 accuracy, and for ``Multiply.result`` the per-digit accuracy (digits aligned from the right; a
 missing or extra digit counts as wrong). Targets (issue 5): exact >= 95 % on extraction and
 normalisation, valid 100 % everywhere.
+
+    python bench/quality.py --curve 100,300,1000 [--examples normalize_quantity extract_order]
+                                                 (the default; three_digit_multiply too)
+
+How many calls to trace: for each example, trace the largest number of calls (seed 0) and 50
+held-out calls (seed 1, none of them among the traced ones), then for each number N train with
+the defaults (a recipe naming only model, data and output; ``data.max_records: N``) on the first
+N distinct calls, and print the held-out exact match of the kept version against N, with the
+steps, training time and time to the gate (95 %). Every N is judged on the same held-out calls.
+Runs train one after another, each in a fresh process: run it alone on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -104,13 +115,61 @@ def measure(example: str, limit: int | None, batch_size: int) -> list[dict] | st
     return rows
 
 
+CURVE_HELD_OUT = 50
+
+
+def curve(example: str, sizes: list[int]) -> list[dict]:
+    """Held-out exact match of the defaults trained on each number of traced calls."""
+    from training_runs import task_calls, trace, train, write_recipe
+
+    function, calls = task_calls(example, max(sizes), seed=0)
+    seen = {json.dumps(call, sort_keys=True) for call in calls}
+    held_out = [call for call in task_calls(example, 2 * CURVE_HELD_OUT, seed=1)[1]
+                if json.dumps(call, sort_keys=True) not in seen][:CURVE_HELD_OUT]
+    base = ROOT / "traces" / "curve"
+    trace(function, calls, base / f"{example}.jsonl")
+    trace(function, held_out, base / f"{example}.held_out.jsonl")
+    rows = []
+    for size in sizes:
+        data = {"train": [f"traces/curve/{example}.jsonl"],
+                "eval": [f"traces/curve/{example}.held_out.jsonl"], "max_records": size}
+        recipe = write_recipe(ROOT / "runs" / "curve" / f"{example}-{size}.yaml", data,
+                              ROOT / "runs" / "curve" / f"{example}-{size}")
+        rows.append({"example": example, "calls": size, **train(recipe)})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def print_curve(rows: list[dict]) -> None:
+    print("| example | traced calls | held-out exact | valid | steps | training | "
+          "time to gate (95 %) |\n| --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        if "error" in row:
+            print(f"| {row['example']} | {row['calls']} | {row['error']} | | | | |")
+            continue
+        gate = "not reached" if row["gate_min"] is None else f"{row['gate_min']:.1f} min"
+        print(f"| {row['example']} | {row['calls']} | {row['exact']:.1%} | {row['valid']:.1%} "
+              f"| {row['steps']} | {row['train_min']:.1f} min | {gate} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", nargs="+", default=list(EXAMPLES), choices=EXAMPLES)
     parser.add_argument("--limit", type=int, help="held-out calls per example (default: all)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--curve", metavar="N,N,...",
+                        help="train with the defaults on each number of traced calls instead, "
+                             "and print held-out exact match against it")
     args = parser.parse_args()
     os.chdir(ROOT)  # recipes name their data and output relative to the repository root
+    if args.curve:
+        sizes = sorted({int(size) for size in args.curve.split(",")})
+        examples = (args.examples if "--examples" in sys.argv
+                    else ["normalize_quantity", "extract_order"])
+        if "support_desk" in examples:
+            parser.error("--curve trains functions; support_desk is a tool set")
+        print_curve([row for example in examples for row in curve(example, sizes)])
+        return
 
     table = ["| example | model | held-out calls | exact match | valid | fields |",
              "| --- | --- | --- | --- | --- | --- |"]
