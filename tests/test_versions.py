@@ -253,11 +253,14 @@ def test_training_stops_once_the_gate_is_met_or_accuracy_stops_improving():
     assert stop_reason(evaluations((0.5, 2.0), (0.95, 1.0)), **rule) is None
     reached = stop_reason(evaluations((0.5, 2.0), (0.95, 1.0), (0.92, 1.1)), **rule)
     assert reached and "met 2 evaluations in a row" in reached
-    # a lower held-out loss at the same exact match is an improvement; an equal one is not
+    # a lower held-out loss is progress, whatever exact match does; an equal one is not
     assert stop_reason(evaluations((0.0, 3.0), (0.0, 2.0), (0.0, 1.0)), **rule) is None
-    stalled = stop_reason(evaluations((0.5, 2.0), (0.5, 2.0), (0.4, 1.0)), **rule)
-    assert stalled and "not improved for 2 evaluations (best 50.0% at step 10)" in stalled
-    assert stop_reason(evaluations((0.5, 2.0), (0.5, 2.0), (0.4, 1.0)),
+    assert stop_reason(evaluations((0.5, 2.0), (0.48, 1.5), (0.46, 1.0)), **rule) is None
+    stalled = stop_reason(evaluations((0.5, 2.0), (0.5, 2.0), (0.4, 2.5)), **rule)
+    assert stalled and "has improved for 2 evaluations (best 50.0% at step 10)" in stalled
+    # a new best exact match is progress even where the loss rose
+    assert stop_reason(evaluations((0.5, 1.0), (0.4, 1.2), (0.6, 1.5)), **rule) is None
+    assert stop_reason(evaluations((0.5, 2.0), (0.5, 2.0), (0.4, 2.5)),
                        **{**rule, "patience": None}) is None
     assert time_to_gate(evaluations((0.5, 2.0), (0.95, 1.0)), 0.9, 1.0) == 2.0
     assert time_to_gate(evaluations((0.5, 2.0)), 0.9, 1.0) is None

@@ -103,8 +103,10 @@ def stop_reason(history: Sequence[Evaluation], *, patience: int | None, min_exac
     """Why training should stop after the last of ``history``, or None to go on.
 
     It stops once the gate's thresholds have been met ``patience`` evaluations in a row, or
-    once ``patience`` evaluations have gone by since the best one (an equal one is no
-    improvement).
+    once ``patience`` evaluations have gone by without improving on the best held-out exact
+    match or the lowest held-out loss so far (an equal one is no improvement). Either counts
+    as progress: on 50 held-out calls exact match moves in steps of 2 % and dips by one call
+    while the loss still falls, and the model is still learning then.
     """
     if patience is None or not history:
         return None
@@ -116,12 +118,23 @@ def stop_reason(history: Sequence[Evaluation], *, patience: int | None, min_exac
     if met >= patience:
         return (f"the gate's thresholds (exact >= {min_exact:.0%}, valid >= {min_valid:.0%}) were "
                 f"met {met} evaluations in a row")
-    best = best_index(history)
-    since = len(history) - 1 - best
+    since = len(history) - 1 - _last_progress(history)
     if since >= patience:
-        return (f"held-out exact match has not improved for {since} evaluations (best "
-                f"{history[best].exact_match:.1%} at step {history[best].step})")
+        best = history[best_index(history)]
+        return (f"neither held-out exact match nor held-out loss has improved for {since} "
+                f"evaluations (best {best.exact_match:.1%} at step {best.step})")
     return None
+
+
+def _last_progress(history: Sequence[Evaluation]) -> int:
+    """The index of the last evaluation that set a new best exact match or a new lowest loss."""
+    last, best_exact, best_loss = 0, -1.0, math.inf
+    for index, evaluation in enumerate(history):
+        loss = evaluation.eval_loss if evaluation.eval_loss is not None else math.inf
+        if evaluation.exact_match > best_exact or loss < best_loss:
+            last = index
+        best_exact, best_loss = max(best_exact, evaluation.exact_match), min(best_loss, loss)
+    return last
 
 
 def time_to_gate(history: Sequence[Evaluation], min_exact: float, min_valid: float) -> float | None:

@@ -192,8 +192,8 @@ class TrainSection(_Section):
         "never more often than every 10 steps. The last step is always evaluated"))
     patience: int | None = Field(2, gt=0, description=(
         "evaluations: stop early once the gate's min_exact and min_valid have been met this "
-        "many evaluations in a row, or the held-out exact match (ties: eval loss) has not "
-        "improved for this many; null = never stop early"))
+        "many evaluations in a row, or neither held-out exact match nor held-out loss has "
+        "improved on its best for this many; null = never stop early"))
 
     @model_validator(mode="after")
     def _check_quantization(self) -> TrainSection:
