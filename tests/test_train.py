@@ -322,7 +322,7 @@ def test_train_command_prints_where_everything_is(tiny_model_dir, traced_multipl
 
 
 def test_auto_steps_pass_once_over_large_data_and_repeat_small_data():
-    from localdistil.training.train import MIN_AUTO_STEPS, plan_steps
+    from localdistil.training.choices import MIN_AUTO_STEPS, plan_steps
 
     def recipe(**train):
         return parse_recipe({"model": "m", "data": {"train": ["x.jsonl"]}, "train": train})
@@ -335,7 +335,7 @@ def test_auto_steps_pass_once_over_large_data_and_repeat_small_data():
 
 
 def test_auto_learning_rate_follows_the_base_models_size():
-    from localdistil.training.train import choose_learning_rate
+    from localdistil.training.choices import choose_learning_rate
 
     def recipe(**train):
         return parse_recipe({"model": "m", "data": {"train": ["x.jsonl"]}, "train": train})
@@ -348,11 +348,11 @@ def test_auto_learning_rate_follows_the_base_models_size():
 def test_auto_precision_on_a_cpu_is_bf16_only_with_native_bf16(monkeypatch):
     import torch
 
-    from localdistil.training import train as train_module
+    from localdistil.training import choices
 
     recipe = parse_recipe({"model": "m", "data": {"train": ["x.jsonl"]}})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
-    assert train_module.choose_precision(recipe) == "bf16"
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
-    assert train_module.choose_precision(recipe) == "fp32"
+    monkeypatch.setattr(choices, "cpu_has_native_bf16", lambda: True)
+    assert choices.choose_precision(recipe) == "bf16"
+    monkeypatch.setattr(choices, "cpu_has_native_bf16", lambda: False)
+    assert choices.choose_precision(recipe) == "fp32"

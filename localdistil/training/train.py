@@ -28,7 +28,7 @@ empty data, records of several functions, an unknown model, a GPU-only option on
 is reported before any model is loaded. Precision ``auto`` is bf16 where the hardware computes it
 natively (most GPUs; CPUs with avx512_bf16 or AMX) and fp32 otherwise; ``train.learning_rate``
 and ``train.epochs`` ``auto`` follow from the base model's size and the data's
-(:func:`choose_learning_rate`, :func:`plan_steps`). A version is written into a temporary
+(:mod:`localdistil.training.choices`). A version is written into a temporary
 directory and renamed into place, so a crash never leaves a half-written version that looks
 complete.
 
@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 import sys
 import time
@@ -72,6 +71,12 @@ from localdistil.models.versions import (
     writing_version,
 )
 from localdistil.prompts import PROMPT_VERSION
+from localdistil.training.choices import (
+    MIN_AUTO_STEPS,
+    choose_learning_rate,
+    choose_precision,
+    plan_steps,
+)
 from localdistil.training.dataset import TrainingData, build_dataset, format_report, select_records
 from localdistil.training.gate import (
     GateVerdict,
@@ -172,78 +177,6 @@ def _remove_incomplete_checkpoints(checkpoints: Path) -> None:
         if _checkpoint_step(path) is not None and not _is_complete(path):
             _say(f"removing {path}: the run was stopped while writing it")
             shutil.rmtree(path)
-
-
-def choose_precision(recipe: Recipe) -> str:
-    """``fp32``, ``bf16`` or ``fp16`` for this machine, refusing GPU-only options on a CPU.
-
-    Raises:
-        RecipeError: fp16 or 4-bit quantization asked for without a CUDA GPU.
-    """
-    import torch
-
-    precision, cuda = recipe.train.precision, torch.cuda.is_available()
-    if recipe.train.quantization == "4bit" and not cuda:
-        raise RecipeError(
-            "train.quantization: 4bit (QLoRA) needs a CUDA GPU and none is visible. Set "
-            "train.quantization: none to train on this machine.",
-            key="train.quantization",
-        )
-    if precision == "fp16" and not cuda:
-        raise RecipeError("train.precision: fp16 needs a CUDA GPU. Use auto, fp32 or bf16 on a "
-                          "CPU.", key="train.precision")
-    if precision == "auto":
-        if cuda:
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    return precision
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (x86 ``avx512_bf16`` or AMX), where bf16 training
-    is faster than fp32; elsewhere bf16 is emulated and slower. Read from ``/proc/cpuinfo``, so
-    false on systems without it."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-#: ``train.epochs: auto``: one pass over the data, but at least this many optimizer steps
-MIN_AUTO_STEPS = 200
-#: ``train.learning_rate: auto``: this rate below ``LARGE_MODEL_PARAMETERS`` parameters ...
-SMALL_MODEL_LEARNING_RATE = 1e-3
-#: ... and this one from there up
-LARGE_MODEL_LEARNING_RATE = 2e-4
-LARGE_MODEL_PARAMETERS = 1_000_000_000
-
-
-def plan_steps(recipe: Recipe, train_examples: int, processes: int = 1) -> int | None:
-    """The optimizer steps to train for, or None to go by ``train.epochs``.
-
-    ``train.max_steps`` when set; with ``train.epochs: auto``, one pass over ``train_examples``
-    but never fewer than :data:`MIN_AUTO_STEPS` steps: a few dozen distinct calls are passed
-    over many times, which a small model needs (the early stop at the gate ends it sooner).
-    """
-    t = recipe.train
-    if t.max_steps is not None:
-        return t.max_steps
-    if t.epochs != "auto":
-        return None
-    per_step = t.batch_size * t.gradient_accumulation_steps * processes
-    return max(MIN_AUTO_STEPS, math.ceil(train_examples / per_step))
-
-
-def choose_learning_rate(recipe: Recipe, parameters: int) -> float:
-    """``train.learning_rate``, or for ``auto`` the rate for a base model of this size."""
-    rate = recipe.train.learning_rate
-    if rate != "auto":
-        return rate
-    return (SMALL_MODEL_LEARNING_RATE if parameters < LARGE_MODEL_PARAMETERS
-            else LARGE_MODEL_LEARNING_RATE)
 
 
 def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> TrainResult:
