@@ -107,8 +107,9 @@ class TokenTable:
 
     @staticmethod
     def _changing_bytes(tokenizer: Any, tail: str) -> frozenset[int]:
-        """The first bytes of the continuations in :data:`PROBE_FIRST` x :data:`PROBE_SECOND`
-        after which ``tail`` is no longer tokenized as alone."""
+        """The first bytes (each ASCII character, and :data:`PROBE_NON_ASCII` for the rest) of
+        the continuations, with each of :data:`PROBE_SECOND` after it, after which ``tail`` is
+        no longer tokenized as it is alone."""
         firsts = [chr(byte) for byte in range(128)] + list(PROBE_NON_ASCII)
         texts = [tail] + [tail + first + second for first in firsts for second in PROBE_SECOND]
         encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
