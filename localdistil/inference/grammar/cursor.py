@@ -90,8 +90,7 @@ class Cursor:
         runs on past the forced text (``["`` where the text ends in ``[``), the last token is
         left too.
         """
-        raw = self._forced_bytes()
-        text = raw.decode("utf-8", errors="ignore")  # drops a split last char
+        text = self._forced_bytes().decode("utf-8", errors="ignore")  # drops a split last char
         if not text or limit <= 0:
             return []
         head, changing = self.table.split_tail(text)

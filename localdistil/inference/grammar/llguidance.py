@@ -48,14 +48,20 @@ class _GuidanceCursor(Cursor):
         if self._allowed is None:
             import numpy as np
 
-            bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8),
-                                 bitorder="little")[: self.table.size].astype(bool)
+            bits = self._allowed_bits()
             count = int(bits.sum())
             if 2 * count > self.table.size:
                 self._allowed = (np.flatnonzero(~bits), True)
             else:
                 self._allowed = (np.flatnonzero(bits), False)
         return self._allowed
+
+    def _allowed_bits(self) -> numpy.ndarray:
+        """One boolean per token: allowed next from the matcher's current state."""
+        import numpy as np
+
+        return np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8),
+                             bitorder="little")[: self.table.size].astype(bool)
 
     def advance(self, token_id: int) -> bool:
         if self.matcher.try_consume_tokens([token_id]) != 1:
@@ -87,9 +93,7 @@ class _GuidanceCursor(Cursor):
         try:
             if consumed != len(tokens):
                 return frozenset()
-            bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8),
-                                 bitorder="little")[: self.table.size].astype(bool)
-            first = self.table.first_byte[bits]
+            first = self.table.first_byte[self._allowed_bits()]
             return frozenset(int(b) for b in np.unique(first) if b >= 0)
         finally:
             if consumed:

@@ -94,7 +94,6 @@ class IndexEngine(GrammarEngine):
             found = self.forced[state] = bytes(forced) if current is not None else b""
         return found
 
-
     def next_bytes_after(self, state: int, forced: bytes) -> frozenset[int]:
         """The first bytes of the tokens allowed after walking ``forced`` from ``state``."""
         key = (state, forced)
