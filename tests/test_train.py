@@ -345,6 +345,19 @@ def test_auto_learning_rate_follows_the_base_models_size():
     assert choose_learning_rate(recipe(learning_rate=5e-4), 135_000_000) == 5e-4
 
 
+def test_what_auto_chose_is_said_only_for_the_settings_left_auto():
+    from localdistil.training.choices import describe_auto
+
+    def recipe(**train):
+        return parse_recipe({"model": "m", "data": {"train": ["x.jsonl"]}, "train": train})
+
+    both = describe_auto(recipe(), 1e-3, 200, 65)
+    assert both == ("train.learning_rate auto -> 0.001; train.epochs auto -> 200 steps (one "
+                    "pass over 65 examples, at least 200 steps)")
+    assert describe_auto(recipe(learning_rate=5e-4), 5e-4, 300, 2400).startswith("train.epochs")
+    assert describe_auto(recipe(learning_rate=5e-4, max_steps=7), 5e-4, 7, 65) is None
+
+
 def test_auto_precision_on_a_cpu_is_bf16_only_with_native_bf16(monkeypatch):
     import torch
 

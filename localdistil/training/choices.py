@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from localdistil.training.recipe import Recipe
 
 __all__ = ["MIN_AUTO_STEPS", "choose_learning_rate", "choose_precision", "cpu_has_native_bf16",
-           "plan_steps"]
+           "describe_auto", "plan_steps"]
 
 
 def choose_precision(recipe: Recipe) -> str:
@@ -87,3 +87,16 @@ def choose_learning_rate(recipe: Recipe, parameters: int) -> float:
         return rate
     return (SMALL_MODEL_LEARNING_RATE if parameters < LARGE_MODEL_PARAMETERS
             else LARGE_MODEL_LEARNING_RATE)
+
+
+def describe_auto(recipe: Recipe, learning_rate: float, steps: int | None,
+                  train_examples: int) -> str | None:
+    """What the recipe's ``auto`` settings became, as printed when training starts; None when
+    it has none."""
+    t, chosen = recipe.train, []
+    if t.learning_rate == "auto":
+        chosen.append(f"train.learning_rate auto -> {learning_rate:g}")
+    if t.epochs == "auto" and t.max_steps is None:
+        chosen.append(f"train.epochs auto -> {steps} steps (one pass over {train_examples} "
+                      f"examples, at least {MIN_AUTO_STEPS} steps)")
+    return "; ".join(chosen) or None

@@ -72,9 +72,9 @@ from localdistil.models.versions import (
 )
 from localdistil.prompts import PROMPT_VERSION
 from localdistil.training.choices import (
-    MIN_AUTO_STEPS,
     choose_learning_rate,
     choose_precision,
+    describe_auto,
     plan_steps,
 )
 from localdistil.training.dataset import TrainingData, build_dataset, format_report, select_records
@@ -389,13 +389,12 @@ def _make_trainer(recipe: Recipe, model_path: Path, tokenizer: Any, data: Traini
             model, use_gradient_checkpointing=t.gradient_checkpointing)
 
     has_eval = data.eval is not None
-    steps = plan_steps(recipe, len(data.train), _process_state().num_processes)
+    state = _process_state()
+    steps = plan_steps(recipe, len(data.train), state.num_processes)
     learning_rate = choose_learning_rate(recipe, model.num_parameters())
-    if _process_state().is_main_process and (t.learning_rate == "auto" or t.epochs == "auto"):
-        _say(f"train.learning_rate {t.learning_rate} -> {learning_rate:g}; "
-             + (f"train.epochs auto -> {steps} steps ({len(data.train)} examples, at least "
-                f"{MIN_AUTO_STEPS} steps)" if t.max_steps is None and t.epochs == "auto"
-                else f"{steps} steps" if steps else f"{t.epochs:g} epochs"))
+    chosen = describe_auto(recipe, learning_rate, steps, len(data.train))
+    if state.is_main_process and chosen:
+        _say(chosen)
     config = SFTConfig(
         output_dir=str(output_dir / CHECKPOINTS_SUBDIR),
         num_train_epochs=1.0 if t.epochs == "auto" else t.epochs,
