@@ -437,18 +437,11 @@ def _json_merging_tokenizer():
     """A byte-level BPE trained on lists of objects, so that it merges across the forced
     closing brackets differently by what follows (``"}`` + ``},`` before another item, ``"``
     + ``}}`` before the end), as SmolLM2's does."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tiny_model import build_tiny_tokenizer
 
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    backend.decoder = decoders.ByteLevel()
     corpus = ['{"tags":[{"label":"red"},{"label":"blue"}]}', '"}},{"', '"}},{"', '"}}]}',
               '"}', '"}', '"}', '},', '},', '},', '}}', '}}', ']}', ']}'] * 20
-    backend.train_from_iterator(corpus, trainer=trainers.BpeTrainer(
-        vocab_size=300, min_frequency=1, special_tokens=["<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>")
+    return build_tiny_tokenizer(corpus, vocab_size=300)
 
 
 def _forced_along(grammar: JsonGrammar, canonical: list[int]) -> list[list[int]]:

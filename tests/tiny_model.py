@@ -51,8 +51,9 @@ _CORPUS = [
 ]
 
 
-def build_tiny_tokenizer():
-    """Byte-level BPE (``VOCAB_SIZE`` tokens) with SmolLM2's special tokens and chat template."""
+def build_tiny_tokenizer(corpus: list[str] | None = None, vocab_size: int = VOCAB_SIZE):
+    """Byte-level BPE (``vocab_size`` tokens) with SmolLM2's special tokens and chat template,
+    trained on ``corpus`` (default: a little of everything the tests write)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -60,10 +61,10 @@ def build_tiny_tokenizer():
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE, min_frequency=1, special_tokens=SPECIAL_TOKENS,
+        vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    backend.train_from_iterator(_CORPUS * 3, trainer=trainer)
+    backend.train_from_iterator(_CORPUS * 3 if corpus is None else corpus, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
         pad_token="<|im_end|>", unk_token="<|endoftext|>", chat_template=CHAT_TEMPLATE,
