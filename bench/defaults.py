@@ -22,7 +22,16 @@ import argparse
 import json
 from pathlib import Path
 
-from training_runs import EXAMPLES, ROOT, UNSEEN, task_calls, trace, train, write_recipe
+from training_runs import (
+    EXAMPLES,
+    ROOT,
+    UNSEEN,
+    gate_text,
+    task_calls,
+    trace,
+    train,
+    write_recipe,
+)
 
 
 def run(task: str, n: int, overrides: list[str]) -> dict:
@@ -54,10 +63,9 @@ def main() -> None:
         if "error" in row:
             print(f"| {row['task']} | {row['error']} |")
             continue
-        gate = "not reached" if row["gate_min"] is None else f"{row['gate_min']:.1f} min"
         early = ", stopped early" if row["stopped_early"] else ""
         print(f"| {row['task']} | {row['train']} / {row['held_out']} | {row['steps']} "
-              f"(of {row['max_steps']}{early}) | {row['train_min']:.1f} min | {gate} | "
+              f"(of {row['max_steps']}{early}) | {row['train_min']:.1f} min | {gate_text(row)} | "
               f"{row['exact']:.1%} | {row['valid']:.1%} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")

@@ -141,15 +141,16 @@ def curve(example: str, sizes: list[int]) -> list[dict]:
 
 
 def print_curve(rows: list[dict]) -> None:
+    from training_runs import gate_text
+
     print("| example | traced calls | held-out exact | valid | steps | training | "
           "time to gate (95 %) |\n| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         if "error" in row:
             print(f"| {row['example']} | {row['calls']} | {row['error']} | | | | |")
             continue
-        gate = "not reached" if row["gate_min"] is None else f"{row['gate_min']:.1f} min"
         print(f"| {row['example']} | {row['calls']} | {row['exact']:.1%} | {row['valid']:.1%} "
-              f"| {row['steps']} | {row['train_min']:.1f} min | {gate} |")
+              f"| {row['steps']} | {row['train_min']:.1f} min | {gate_text(row)} |")
 
 
 def main() -> None:

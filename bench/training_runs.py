@@ -78,6 +78,12 @@ def train(recipe: Path, overrides: list[str] = ()) -> dict[str, Any]:
     }
 
 
+def gate_text(summary: dict[str, Any]) -> str:
+    """A summary's time to the gate, for a table cell."""
+    return ("not reached" if summary["gate_min"] is None
+            else f"{summary['gate_min']:.1f} min")
+
+
 def _output_dir(recipe: Path) -> str:
     import yaml
 
