@@ -262,8 +262,44 @@ def test_training_stops_once_the_gate_is_met_or_accuracy_stops_improving():
     assert stop_reason(evaluations((0.5, 1.0), (0.4, 1.2), (0.6, 1.5)), **rule) is None
     assert stop_reason(evaluations((0.5, 2.0), (0.5, 2.0), (0.4, 2.5)),
                        **{**rule, "patience": None}) is None
+    # patience 1: the first evaluation that meets the gate, or the first without progress
+    assert stop_reason(evaluations((0.5, 2.0), (0.95, 1.0)), **{**rule, "patience": 1}) == (
+        "the gate's thresholds (exact >= 90%, valid >= 100%) were met")
+    assert "has improved for 1 evaluation (best 50.0% at step 10)" in stop_reason(
+        evaluations((0.5, 2.0), (0.4, 2.5)), **{**rule, "patience": 1})
     assert time_to_gate(evaluations((0.5, 2.0), (0.95, 1.0)), 0.9, 1.0) == 2.0
     assert time_to_gate(evaluations((0.5, 2.0)), 0.9, 1.0) is None
+
+
+def test_held_out_calls_are_answered_by_an_fp32_merged_copy_on_a_cpu(tiny_model_dir):
+    """What answers during training computes as the written version will (fp32, merged) and
+    leaves the bf16 training model as it was."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from localdistil.training.gate import answering_model
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    training = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear",
+                                               init_lora_weights=False))
+    before = {name: p.detach().clone() for name, p in training.named_parameters()}
+    answering = answering_model(training)
+
+    after = dict(training.named_parameters())
+    assert after.keys() == before.keys()
+    assert all(after[name].dtype == value.dtype and torch.equal(after[name], value)
+               for name, value in before.items())
+    assert {p.dtype for p in answering.parameters()} == {torch.float32}
+    assert not any("lora" in name for name, _ in answering.named_parameters())
+    assert not answering.training
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    with torch.no_grad():
+        expected = copy.deepcopy(training).float()(ids).logits  # unmerged, fp32
+        assert torch.allclose(answering(ids).logits, expected, atol=1e-4)
 
 
 # -- training on the tiny model --------------------------------------------------------------

@@ -47,6 +47,9 @@ BEST_STATE_NAME = "localdistil_best.safetensors"
 EVALUATIONS_PER_RUN = 10
 #: ... but never more often than every this many steps.
 MIN_EVAL_EVERY = 10
+#: Held-out calls are answered in batches of at least this many (at most all of them at once):
+#: decoding 50 calls on 2 CPU cores took 4.4 s in one batch and 7.8 s in batches of 8.
+ANSWER_BATCH_SIZE = 64
 
 
 def default_eval_every(max_steps: int) -> int:
@@ -115,14 +118,17 @@ def stop_reason(history: Sequence[Evaluation], *, patience: int | None, min_exac
         if not evaluation.meets(min_exact, min_valid):
             break
         met += 1
+    thresholds = f"the gate's thresholds (exact >= {min_exact:.0%}, valid >= {min_valid:.0%})"
+    if met == 1 and patience == 1:
+        return f"{thresholds} were met"
     if met >= patience:
-        return (f"the gate's thresholds (exact >= {min_exact:.0%}, valid >= {min_valid:.0%}) were "
-                f"met {met} evaluations in a row")
+        return f"{thresholds} were met {met} evaluations in a row"
     since = len(history) - 1 - _last_progress(history)
     if since >= patience:
         best = history[best_index(history)]
         return (f"neither held-out exact match nor held-out loss has improved for {since} "
-                f"evaluations (best {best.exact_match:.1%} at step {best.step})")
+                f"evaluation{'s' if since > 1 else ''} (best {best.exact_match:.1%} at step "
+                f"{best.step})")
     return None
 
 
@@ -244,12 +250,14 @@ class AccuracyCallback:
         was_training = model.training
         model.eval()
         agreement, valid = Agreement(), 0
+        size = max(self.batch_size, ANSWER_BATCH_SIZE)
         try:
+            answering = answering_model(model)
             # a new engine each time: its prompt prefix cache holds keys of the current weights
-            engine = Engine(model, self.tokenizer, name=self.manifest.name, path=self.path,
+            engine = Engine(answering, self.tokenizer, name=self.manifest.name, path=self.path,
                             manifest=self.manifest)
-            for start in range(0, len(self.records), self.batch_size):
-                batch = self.records[start:start + self.batch_size]
+            for start in range(0, len(self.records), size):
+                batch = self.records[start:start + size]
                 outcomes = engine.answer([engine.call_prompt(r.args) for r in batch], schema=schema)
                 for record, outcome in zip(batch, outcomes):
                     valid += outcome.ok
@@ -260,6 +268,26 @@ class AccuracyCallback:
         return Evaluation(step=step, exact_match=summary["exact_match"],
                           valid_rate=valid / len(self.records), fields=summary["fields"],
                           eval_loss=eval_loss, time_s=round(time.perf_counter() - self._started, 2))
+
+
+def answering_model(model: Any) -> Any:
+    """The model to answer held-out calls with during training: ``model`` itself on a GPU; on a
+    CPU, a copy of it in fp32 with the LoRA weights merged in, which answers like the version
+    that will be written (loaded merged, in fp32, on a CPU) and 2-4x faster than the training
+    model (bf16 decoding is slower than fp32 on CPUs, even with avx512_bf16, and unmerged LoRA
+    layers cost more matrix products). The copy is dropped after the evaluation; the training
+    model is not touched.
+    """
+    import copy
+
+    import torch
+
+    if next(model.parameters()).device.type != "cpu":
+        return model
+    answering = copy.deepcopy(model).to(torch.float32)
+    if hasattr(answering, "merge_and_unload"):
+        answering = answering.merge_and_unload()
+    return answering.eval()
 
 
 def accuracy_callback(**kwargs: Any) -> AccuracyCallback:
@@ -376,7 +404,7 @@ def evaluate_and_judge(recipe: Recipe, version: Path, held_out: list[Record],
     from localdistil.training.evaluate import evaluate, format_eval, write_eval
 
     say(f"evaluating {version.name} on {len(held_out)} held-out call(s)")
-    batch_size = recipe.train.batch_size
+    batch_size = max(recipe.train.batch_size, ANSWER_BATCH_SIZE)
     report = evaluate(version, held_out, batch_size=batch_size)
     write_eval(report, version)
     metrics["eval"] = {k: v for k, v in report.to_dict().items() if k != "samples"}
