@@ -1,7 +1,7 @@
 """The main job, end to end on the embedded default model (``make demo``): the trust loop.
 
-The function is ``normalize_quantity(text) -> Quantity`` (examples/normalize_quantity), decorated
-with ``mode="auto"`` on the run ``runs/demo`` from the first call to the last:
+The function is ``triage_ticket(subject) -> Ticket`` (examples/triage_ticket), decorated with
+``mode="auto"`` on the run ``runs/demo`` from the first call to the last:
 
 1. trace: no adapter exists yet, so the function runs and every call is recorded
    (``traces/demo.jsonl``);
@@ -48,19 +48,19 @@ def run(*args: str, allow: tuple[int, ...] = ()) -> int:
 
 
 def trust_loop(quick: bool) -> None:
-    """normalize_quantity: trace, train until the gate, auto mode takes over, held-out check."""
+    """triage_ticket: trace, train until the gate, auto mode takes over, held-out check."""
     traces, recipe, run_dir = "traces/demo.jsonl", "recipes/demo.yaml", "runs/demo"
-    calls, auto_calls, check_calls = ("300", "30", "30") if quick else ("1500", "80", "200")
+    calls, auto_calls, check_calls = ("300", "30", "30") if quick else ("600", "80", "200")
     # --quick: a few steps are far from the gate; lower it (said aloud) so the loop still runs
     overrides = (["train.max_steps=12", "train.eval_samples=20", "gate.min_exact=0",
                   "gate.not_worse=false"] if quick else [])
-    auto = ["examples/normalize_quantity/auto.py", "--run", run_dir, "--out", traces]
+    auto = ["examples/triage_ticket/auto.py", "--run", run_dir, "--out", traces]
 
     print(f"starting afresh: removing {traces} and {run_dir}")
     (ROOT / traces).unlink(missing_ok=True)
     shutil.rmtree(ROOT / run_dir, ignore_errors=True)
 
-    step(f"1. trace: normalize_quantity with mode='auto' and no adapter yet runs the function "
+    step(f"1. trace: triage_ticket with mode='auto' and no adapter yet runs the function "
          f"and records {calls} calls")
     run(*auto, "--n", calls, "--seed", "0")
     run("-m", "localdistil", "records", "stats", traces)
@@ -86,7 +86,7 @@ def trust_loop(quick: bool) -> None:
 
     if code != GATE_REFUSED:
         step(f"5. the distilled function answers {check_calls} calls it has never seen")
-        run("examples/normalize_quantity/dispatch.py", "--run", run_dir, "--n", check_calls,
+        run("examples/triage_ticket/dispatch.py", "--run", run_dir, "--n", check_calls,
             "--unseen", traces, "--show", "6")
 
 

@@ -1,6 +1,6 @@
-"""Call ``normalize_quantity`` decorated with ``mode="auto"`` and show who answers each call.
+"""Call ``triage_ticket`` decorated with ``mode="auto"`` and show who answers each call.
 
-    python examples/normalize_quantity/auto.py --run runs/demo --n 80 --seed 777
+    python examples/triage_ticket/auto.py --run runs/demo --n 80 --seed 777
 
 While ``--run`` has no promoted adapter the function runs and every call is recorded into
 ``--out`` (phase ``trace``); once one is promoted the model answers too and is compared with the
@@ -16,16 +16,16 @@ import argparse
 import functools
 import time
 
-from task import Quantity, examples, normalize_quantity
+from task import Ticket, examples, triage_ticket
 
 from localdistil import Instructions
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="runs/normalize_quantity",
+    parser.add_argument("--run", default="runs/triage_ticket",
                         help="the training run's output.dir (need not exist yet)")
-    parser.add_argument("--out", default="traces/normalize_quantity.jsonl",
+    parser.add_argument("--out", default="traces/triage_ticket.jsonl",
                         help="where the calls the function runs are recorded")
     parser.add_argument("--n", type=int, default=80, help="number of calls")
     parser.add_argument("--seed", type=int, default=777, help="seed of the inputs")
@@ -37,13 +37,13 @@ def main() -> None:
 
     body_ran = 0
 
-    @functools.wraps(normalize_quantity)  # same name, signature and docstring: same fingerprint
-    def counted(text: str) -> Quantity:
+    @functools.wraps(triage_ticket)  # same name, signature and docstring: same fingerprint
+    def counted(subject: str) -> Ticket:
         nonlocal body_ran
         body_ran += 1
-        return normalize_quantity(text)
+        return triage_ticket(subject)
 
-    instructions = Instructions(name="normalize_quantity", path=args.out, seed=0)
+    instructions = Instructions(name="triage_ticket", path=args.out, seed=0)
     fn = instructions.distil(model=args.run, mode="auto", window=args.window,
                              min_calls=args.min_calls, promote_at=args.promote_at,
                              monitor_rate=args.monitor_rate)(counted)
@@ -54,7 +54,7 @@ def main() -> None:
 
     started = time.perf_counter()
     phase, ran, right, by_phase = None, 0, 0, {}
-    for number, (text, truth) in enumerate(examples(args.n, seed=args.seed), start=1):
+    for number, (subject, truth) in enumerate(examples(args.n, seed=args.seed), start=1):
         before = fn.router_stats.summary()
         if before["phase"] != phase:
             phase = before["phase"]
@@ -62,7 +62,7 @@ def main() -> None:
                   f"agreement {_share(before['agreement'])} over {before['window']} compared "
                   f"call(s){_why(phase)}", flush=True)
         ran_before = body_ran
-        answer = fn(text=text)
+        answer = fn(subject=subject)
         right += answer == truth
         counts = by_phase.setdefault(phase, [0, 0])
         counts[0] += 1
