@@ -271,35 +271,49 @@ def test_training_stops_once_the_gate_is_met_or_accuracy_stops_improving():
     assert time_to_gate(evaluations((0.5, 2.0)), 0.9, 1.0) is None
 
 
-def test_held_out_calls_are_answered_by_an_fp32_merged_copy_on_a_cpu(tiny_model_dir):
-    """What answers during training computes as the written version will (fp32, merged) and
-    leaves the bf16 training model as it was."""
+def test_held_out_calls_are_answered_by_an_fp32_merged_copy_on_a_cpu(tiny_model_dir, tmp_path):
+    """What answers during training is the merged fp32 model the version will be dispatched
+    with (the fp32 base, not the bf16 training model's rounded one), and the training model is
+    left as it was."""
     import copy
 
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from localdistil.training.gate import answering_model
 
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
-    training = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear",
-                                               init_lora_weights=False))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():  # weights bf16 cannot hold, so that rounding them shows
+        for parameter in base.parameters():
+            parameter.add_(torch.randn_like(parameter) * 1e-3)
+    training = get_peft_model(copy.deepcopy(base).to(torch.bfloat16),
+                              LoraConfig(r=4, target_modules="all-linear",
+                                         init_lora_weights=False))
     before = {name: p.detach().clone() for name, p in training.named_parameters()}
-    answering = answering_model(training)
+
+    answering = answering_model(training, base)
+    rounded = answering_model(training)  # no fp32 base at hand: the training model, in fp32
 
     after = dict(training.named_parameters())
     assert after.keys() == before.keys()
     assert all(after[name].dtype == value.dtype and torch.equal(after[name], value)
                for name, value in before.items())
-    assert {p.dtype for p in answering.parameters()} == {torch.float32}
-    assert not any("lora" in name for name, _ in answering.named_parameters())
-    assert not answering.training
+    for model in (answering, rounded):
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+        assert not any("lora" in name for name, _ in model.named_parameters())
+        assert not model.training
     ids = torch.tensor([[1, 5, 9, 14, 3]])
     with torch.no_grad():
-        expected = copy.deepcopy(training).float()(ids).logits  # unmerged, fp32
-        assert torch.allclose(answering(ids).logits, expected, atol=1e-4)
+        directory = tmp_path / "adapter"
+        training.save_pretrained(directory)  # what a version holds, loaded as dispatch loads it
+        dispatched = PeftModel.from_pretrained(base, directory).merge_and_unload().eval()
+        expected = dispatched(ids).logits
+        assert torch.allclose(answering(ids).logits, expected, atol=1e-5)
+        assert not torch.allclose(rounded(ids).logits, expected, atol=1e-5)
+        unmerged = copy.deepcopy(training).float()(ids).logits
+        assert torch.allclose(rounded(ids).logits, unmerged, atol=1e-4)
 
 
 # -- training on the tiny model --------------------------------------------------------------

@@ -173,6 +173,7 @@ class AccuracyCallback:
         self.stopped: str | None = None
         self._due = False
         self._started = time.perf_counter()
+        self._base: Any = None  # the fp32 base model answering_model merges into (CPU, bf16)
 
     # -- trainer events ------------------------------------------------------------------------
 
@@ -222,6 +223,10 @@ class AccuracyCallback:
             control.should_training_stop = True
         return control
 
+    def on_train_end(self, args, state, control, **kwargs):
+        self._base = None  # the fp32 base is needed only while training
+        return control
+
     def on_save(self, args, state, control, **kwargs):
         if self.best is not None and state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -252,7 +257,7 @@ class AccuracyCallback:
         agreement, valid = Agreement(), 0
         size = max(self.batch_size, ANSWER_BATCH_SIZE)
         try:
-            answering = answering_model(model)
+            answering = answering_model(model, self._fp32_base(model))
             # a new engine each time: its prompt prefix cache holds keys of the current weights
             engine = Engine(answering, self.tokenizer, name=self.manifest.name, path=self.path,
                             manifest=self.manifest)
@@ -269,14 +274,30 @@ class AccuracyCallback:
                           valid_rate=valid / len(self.records), fields=summary["fields"],
                           eval_loss=eval_loss, time_s=round(time.perf_counter() - self._started, 2))
 
+    def _fp32_base(self, model: Any) -> Any:
+        """The base model in fp32 as dispatch loads it, when the training model's base weights
+        are in another precision on a CPU (loaded once per training); else None."""
+        import torch
 
-def answering_model(model: Any) -> Any:
-    """The model to answer held-out calls with during training: ``model`` itself on a GPU; on a
-    CPU, a copy of it in fp32 with the LoRA weights merged in, which answers like the version
-    that will be written (loaded merged, in fp32, on a CPU) and 2-4x faster than the training
-    model (bf16 decoding is slower than fp32 on CPUs, even with avx512_bf16, and unmerged LoRA
-    layers cost more matrix products). The copy is dropped after the evaluation; the training
-    model is not touched.
+        frozen = next((p for p in model.parameters() if not p.requires_grad), None)
+        if frozen is None or frozen.device.type != "cpu" or frozen.dtype == torch.float32:
+            return None
+        if self._base is None:
+            from localdistil.models.resolve import load_causal_lm
+
+            self._base = load_causal_lm(self.manifest.base_model_path, dtype=torch.float32)
+        return self._base
+
+
+def answering_model(model: Any, base: Any = None) -> Any:
+    """The model that answers held-out calls during training.
+
+    On a GPU, ``model`` itself. On a CPU, a copy with the LoRA weights merged in, in fp32: 2-4x
+    faster (bf16 decoding is slower than fp32 on CPUs, even with avx512_bf16, and unmerged LoRA
+    layers cost more matrix products). With ``base``, the base model in fp32 as dispatch loads
+    it, the copy is that base with ``model``'s LoRA weights: exactly the merged model the
+    version will be evaluated and dispatched with (a bf16 training model's base weights are
+    rounded). ``model`` is not touched; the copy is the caller's to drop.
     """
     import copy
 
@@ -284,7 +305,14 @@ def answering_model(model: Any) -> Any:
 
     if next(model.parameters()).device.type != "cpu":
         return model
-    answering = copy.deepcopy(model).to(torch.float32)
+    if base is not None and hasattr(model, "peft_config"):
+        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+        config = copy.deepcopy(model.peft_config[model.active_adapter])
+        answering = get_peft_model(copy.deepcopy(base), config)
+        set_peft_model_state_dict(answering, get_peft_model_state_dict(model))
+    else:
+        answering = copy.deepcopy(model).to(torch.float32)
     if hasattr(answering, "merge_and_unload"):
         answering = answering.merge_and_unload()
     return answering.eval()
