@@ -39,7 +39,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ("three_digit_multiply", "extract_order", "normalize_quantity", "support_desk")
+EXAMPLES = ("three_digit_multiply", "extract_order", "normalize_quantity", "triage_ticket",
+            "support_desk")
 
 
 def untrained_copy(adapter: Path, into: Path) -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 UNSEEN = ("route_ticket", "cast_scene", "shipping_label")
-EXAMPLES = ("normalize_quantity", "extract_order", "three_digit_multiply")
+EXAMPLES = ("normalize_quantity", "extract_order", "triage_ticket", "three_digit_multiply")
 
 
 def _load(path: Path, name: str):
