@@ -118,11 +118,9 @@ def stop_reason(history: Sequence[Evaluation], *, patience: int | None, min_exac
         if not evaluation.meets(min_exact, min_valid):
             break
         met += 1
-    thresholds = f"the gate's thresholds (exact >= {min_exact:.0%}, valid >= {min_valid:.0%})"
-    if met == 1 and patience == 1:
-        return f"{thresholds} were met"
     if met >= patience:
-        return f"{thresholds} were met {met} evaluations in a row"
+        return (f"the gate's thresholds (exact >= {min_exact:.0%}, valid >= {min_valid:.0%}) were "
+                f"met{f' {met} evaluations in a row' if met > 1 else ''}")
     since = len(history) - 1 - _last_progress(history)
     if since >= patience:
         best = history[best_index(history)]
