@@ -73,7 +73,7 @@ def test_only_model_and_data_train_are_required_and_the_rest_defaults():
     assert (train.epochs, train.max_steps, train.batch_size) == ("auto", None, 8)
     assert train.gradient_accumulation_steps == 1
     assert (train.learning_rate, train.lr_scheduler) == ("auto", "cosine")
-    assert train.group_by_length
+    assert not train.group_by_length
     assert (train.warmup_ratio, train.weight_decay) == (0.03, 0.0)
     assert (train.max_length, train.seed) == (512, 0)
     assert (train.precision, train.quantization) == ("auto", "none")

@@ -172,9 +172,11 @@ class TrainSection(_Section):
         "pack short examples into sequences of max_length; may be combined with padding_free"))
     padding_free: bool = Field(False, description=(
         "batch without padding tokens; pays off with a variable-length attention kernel (GPU)"))
-    group_by_length: bool = Field(True, description=(
-        "batch examples of similar length together (random groups of 50 batches, sorted): "
-        "less padding to compute where lengths vary"))
+    group_by_length: bool = Field(False, description=(
+        "batch examples of similar length together (random groups of up to 50 batches, each "
+        "group sorted longest first): less padding to compute where lengths vary, but the "
+        "batches come in long-to-short sweeps, which slows early learning where length goes "
+        "with content"))
     quantization: Literal["none", "4bit"] = Field("none", description=(
         "none, or 4bit = QLoRA: the base model in 4 bits via bitsandbytes (CUDA GPU only)"))
     logging_steps: int = Field(10, gt=0, description="log the loss every this many steps")
