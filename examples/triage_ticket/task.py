@@ -8,8 +8,8 @@ for on every ticket. Distilled, it runs on the help desk's own machine.
 The function is keyword rules (:data:`QUEUE_KEYWORDS`) and a pattern for the order number.
 :func:`inputs` builds subjects the way people write them: one of 16 problems (most with an order
 number, a product or an amount in it), framed one of eight ways (``Re:``, ``Fwd:``,
-``URGENT:``, ``... - ASAP please``, ...), so a thousand traced calls are nearly all distinct and
-new calls are new subjects. The model learns the rules from the subjects alone.
+``URGENT:``, ``... - ASAP please``, ...): 600 calls hold 468 distinct subjects, and most new
+calls are subjects never seen. The model learns the rules from the subjects alone.
 """
 
 from __future__ import annotations
