@@ -49,12 +49,32 @@ class _GuidanceCursor(Cursor):
             import numpy as np
 
             bits = self._allowed_bits()
+            self._allow_other_tokenizations_of_forced_bytes(bits)
             count = int(bits.sum())
             if 2 * count > self.table.size:
                 self._allowed = (np.flatnonzero(~bits), True)
             else:
                 self._allowed = (np.flatnonzero(bits), False)
         return self._allowed
+
+    def _allow_other_tokenizations_of_forced_bytes(self, bits: numpy.ndarray) -> None:
+        """Where the grammar forces bytes, llguidance's mask holds only the first token of its
+        own tokenization of them alone (``"`` for a forced ``"}}``), not the tokens a model
+        writes there, which depend on what follows (SmolLM2: ``"}`` then ``},`` before another
+        list item). Add every token that the grammar accepts and whose bytes run along the
+        forced ones (a prefix of them, or them and more), checked one by one."""
+        import numpy as np
+
+        forced = self.matcher.compute_ff_bytes()
+        if not forced:
+            return
+        for token in np.flatnonzero((self.table.first_byte == forced[0]) & ~bits):
+            raw = self.table.token_bytes[token]
+            if not (forced.startswith(raw) or raw.startswith(forced)):
+                continue
+            if self.matcher.try_consume_tokens([int(token)]) == 1:
+                self.matcher.rollback(1)
+                bits[token] = True
 
     def _allowed_bits(self) -> numpy.ndarray:
         """One boolean per token: allowed next from the matcher's current state."""
