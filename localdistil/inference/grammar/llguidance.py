@@ -43,6 +43,7 @@ class _GuidanceCursor(Cursor):
     def __init__(self, table: TokenTable, matcher: Any):
         self.table, self.matcher = table, matcher
         self._allowed: tuple[numpy.ndarray, bool] | None = None
+        self._forced: bytes | None = None  # the state's; allowed() and take_forced() ask
 
     def allowed(self) -> tuple[numpy.ndarray, bool]:
         if self._allowed is None:
@@ -65,7 +66,7 @@ class _GuidanceCursor(Cursor):
         forced ones (a prefix of them, or them and more), checked one by one."""
         import numpy as np
 
-        forced = self.matcher.compute_ff_bytes()
+        forced = self._forced_bytes()
         if not forced:
             return
         for token in np.flatnonzero((self.table.first_byte == forced[0]) & ~bits):
@@ -86,7 +87,7 @@ class _GuidanceCursor(Cursor):
     def advance(self, token_id: int) -> bool:
         if self.matcher.try_consume_tokens([token_id]) != 1:
             return False
-        self._allowed = None
+        self._allowed = self._forced = None
         return True
 
     def is_final(self) -> bool:
@@ -101,7 +102,9 @@ class _GuidanceCursor(Cursor):
         return not inverted and all(int(i) == self.table.eos_id for i in ids)
 
     def _forced_bytes(self) -> bytes:
-        return self.matcher.compute_ff_bytes()
+        if self._forced is None:
+            self._forced = self.matcher.compute_ff_bytes()
+        return self._forced
 
     def _next_bytes_after(self, forced: bytes) -> frozenset[int]:
         import numpy as np
