@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 TORCH_INDEX ?=
 
-.PHONY: install demo demo-quick demo-multiply lint test test-fast bench clean
+.PHONY: install clients demo demo-quick demo-multiply lint test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,18 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $@
+
+# Real clients that need Python >= 3.12 (functioncalming) get a venv of their own; their tests
+# run them as a separate process and skip, saying why, where no such Python exists.
+CLIENTS_VENV ?= .venv-clients
+CLIENT_PYTHON ?= $(shell $(PYTHON) tests/clients/find_python.py)
+
+clients: $(CLIENTS_VENV)/.installed
+
+$(CLIENTS_VENV)/.installed: tests/clients/requirements.txt
+	$(if $(CLIENT_PYTHON),$(CLIENT_PYTHON) -m venv $(CLIENTS_VENV) && \
+	  $(CLIENTS_VENV)/bin/pip install --quiet --disable-pip-version-check -r $< && touch $@,\
+	  @echo "no Python >= 3.12 here: the functioncalming client test will be skipped")
 
 demo: install
 	$(BIN)/python examples/demo.py
@@ -31,14 +43,14 @@ demo-multiply: install
 lint: install
 	$(BIN)/ruff check localdistil tests bench examples
 
-test: lint
+test: lint clients
 	$(BIN)/python -m pytest
 
-test-fast: install
+test-fast: install clients
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: install
 	$(BIN)/python bench/trace_overhead.py
 
 clean:
-	rm -rf $(VENV) runs traces
+	rm -rf $(VENV) $(CLIENTS_VENV) runs traces

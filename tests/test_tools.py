@@ -499,22 +499,3 @@ def test_the_server_answers_a_tool_set_with_several_tool_calls(server):
         assert [(p["name"], json.loads(p["arguments"])) for p in pieces.values()] == [
             (c.function.name, json.loads(c.function.arguments)) for c in calls]
 
-
-def test_functioncalming_gets_successful_calls_from_the_local_server(server):
-    """The real client (it needs Python >= 3.12: skipped where it cannot be installed)."""
-    functioncalming = pytest.importorskip("functioncalming")
-    import asyncio
-
-    from openai import AsyncOpenAI
-
-    async def ask():
-        async with AsyncOpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0) as client:
-            return await functioncalming.get_completion(
-                user_message="my parcel 17 arrived damaged", tools=TOOLS, model="support",
-                openai_client=client, retries=1)
-
-    response = asyncio.run(ask())
-    assert response.success, response.error
-    assert response.tool_call_results
-    for result in response.tool_call_results:
-        assert isinstance(result, (Refund, Escalation, dict))
