@@ -28,9 +28,9 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from localdistil.errors import DispatchError, LocaldistilError
 from localdistil.trace import auto_state
@@ -40,6 +40,8 @@ from localdistil.trace.recorder import Recorder
 
 if TYPE_CHECKING:
     from localdistil.inference.dispatch import Dispatcher
+
+Answerer = TypeVar("Answerer")
 
 #: Seconds between two looks for the promoted version of the run, by one decorated function.
 VERSION_CHECK_S = 2.0
@@ -91,10 +93,114 @@ class _Comparing(ShadowMode):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Route:
-    """The promoted version this function follows, and what answers with it."""
+class Route(Generic[Answerer]):
+    """The promoted version a router follows, and what answers with it."""
 
     version: str
+    answerer: Answerer
+
+
+class Router(Generic[Answerer]):
+    """Follows a run's promoted version and the router state of one function or tool set.
+
+    ``load(version, path)`` builds what answers with a version (``path`` is where to load it
+    from); a :class:`~localdistil.errors.LocaldistilError` from it means the version cannot answer
+    for this caller: reported once, and the caller keeps tracing until another version arrives.
+
+    Args:
+        run: the training run's ``output.dir``; the state is kept in ``run/auto/<name>.json``.
+        name: the function's or tool set's name.
+        policy: when to hand calls over and take them back.
+        load: see above.
+        report: reports a problem (a ``TraceWarning``; raised when strict).
+    """
+
+    def __init__(self, run: str | Path, name: str, policy: AutoPolicy,
+                 load: Callable[[str, Path], Answerer], report: auto_state.Reporter):
+        self.run = Path(run)
+        self.name = name
+        self.policy = policy
+        self.state = AutoState(self.run / "auto" / f"{name}.json", policy, report)
+        self.route: Route[Answerer] | None = None
+        self._load_answerer = load
+        self._report = report
+        self._refused: str | None = None  # a version whose adapter cannot answer for us
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._next_look = 0.0  # time.monotonic() of the next look at the run and the state
+        self._next_version = 0.0
+
+    @property
+    def due(self) -> bool:
+        """Whether :meth:`look` has something to do (cheap: no I/O)."""
+        return time.monotonic() >= self._next_look or self.state.stale
+
+    def current(self) -> tuple[Route[Answerer] | None, auto_state.Snapshot]:
+        """The route and the state a call goes by: no route, or one about another version than
+        the state (switching), means trace."""
+        route, view = self.route, self.state.view
+        if route is not None and view.version != route.version:
+            route = None
+        return route, view
+
+    def look(self, *, force: bool = False) -> None:
+        """Follow the promoted version (looked up at most every ``VERSION_CHECK_S``) and the
+        state file (every ``REFRESH_S``); ``force`` looks at the state file now."""
+        if self._pid != os.getpid():  # forked: a lock held by another thread is never released
+            self._lock, self._pid = threading.Lock(), os.getpid()
+        with self._lock:
+            now = time.monotonic()
+            if not force and now < self._next_look and not self.state.stale:
+                return
+            self._next_look = now + auto_state.REFRESH_S
+            if now >= self._next_version or self.state.stale:
+                self._next_version = now + VERSION_CHECK_S
+                self._follow(_current_version(self.run))
+            self.state.refresh()
+
+    def _follow(self, version: str | None) -> None:
+        current = self.route.version if self.route is not None else None
+        if version == current and not self.state.stale:
+            return
+        if version is not None and version == self._refused:
+            return
+        route = self.route
+        if version != current:
+            route = None if version is None else self._load(version)
+            if route is None:
+                version = None
+        self.state.use(version)  # before the route: a call never sees a new route, old state
+        self.route = route
+
+    def _load(self, version: str) -> Route[Answerer] | None:
+        """The route through ``version``; ``None`` (reported once) when it cannot answer:
+        made for another version of the function, or incomplete."""
+        try:
+            answerer = self._load_answerer(version, _version_path(self.run, version))
+        except LocaldistilError as exc:
+            self._refused = version
+            self._report(f"localdistil auto: {self.name} keeps running the function: the "
+                         f"adapter {version} at {self.run} cannot answer for it. {exc}", exc)
+            return None
+        self._refused = None
+        return Route(version, answerer)
+
+    def summary(self) -> dict[str, Any]:
+        """``{"phase", "version", "window", "agreement", "compared", "agreed", "promotions",
+        "demotions", "since", "path"}``, as every process sharing the state sees it now."""
+        self.look(force=True)
+        view = self.state.view
+        return {"phase": view.phase, "version": view.version, "window": len(view.window),
+                "agreement": view.agreement, "compared": view.compared, "agreed": view.agreed,
+                "promotions": view.promotions, "demotions": view.demotions, "since": view.since,
+                "path": str(self.state.path)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Answerers:
+    """What answers a function's calls with one version: the dispatcher, and the shadow steps
+    that compare it with the function."""
+
     dispatcher: Dispatcher
     compare: _Comparing
 
@@ -114,37 +220,32 @@ class AutoMode(Mode):
     def __init__(self, recorder: Recorder, run: str | Path, dispatch_options: Mapping[str, Any],
                  policy: AutoPolicy, shadow_rate: float = 1.0):
         super().__init__(recorder)
-        self.run = Path(run)
         self.dispatch_options = dict(dispatch_options)
         self.policy = policy
         self.shadow_rate = shadow_rate
-        self.state = AutoState(self.run / "auto" / f"{recorder.spec.name}.json", policy,
-                               recorder.report)
-        self.stats = RouterStats(self)
+        self.router: Router[_Answerers] = Router(run, recorder.spec.name, policy, self._answerers,
+                                                 recorder.report)
+        self.state = self.router.state
+        self.stats = RouterStats(self.router)
         self._trace = TraceMode(recorder)
-        self._route: _Route | None = None
-        self._refused: str | None = None  # a version whose adapter cannot answer for us
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self._next_look = 0.0  # time.monotonic() of the next look at the run and the state
-        self._next_version = 0.0
 
     def call(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Steps:
-        if time.monotonic() >= self._next_look or self.state.stale:
-            yield Blocking(self.look)
-        route, view = self._route, self.state.view
-        if route is None or view.version != route.version:  # none, or switching versions
+        if self.router.due:
+            yield Blocking(self.router.look)
+        route, view = self.router.current()
+        if route is None:
             return (yield from self._trace.call(args, kwargs))
         sampler = self.recorder.instructions.sampler
         if view.phase == "dispatch":
             if sampler(self.policy.monitor_rate):
-                return (yield from route.compare.call(args, kwargs))
-            return (yield from self._dispatched(route, args, kwargs))
+                return (yield from route.answerer.compare.call(args, kwargs))
+            return (yield from self._dispatched(route.answerer.dispatcher, args, kwargs))
         if sampler(self.shadow_rate):
-            return (yield from route.compare.call(args, kwargs))
+            return (yield from route.answerer.compare.call(args, kwargs))
         return (yield from self._trace.call(args, kwargs))
 
-    def _dispatched(self, route: _Route, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Steps:
+    def _dispatched(self, dispatcher: Dispatcher, args: tuple[Any, ...],
+                    kwargs: Mapping[str, Any]) -> Steps:
         """The model's answer, or the traced function's where the model has none."""
         from localdistil.inference.dispatch import FALLBACK
 
@@ -153,7 +254,7 @@ class AutoMode(Mode):
         except Exception:  # the function itself says what is wrong with its arguments
             return (yield from self._trace.call(args, kwargs))
         try:
-            (answer,) = yield Blocking(route.dispatcher.answer_many, ([bound],))
+            (answer,) = yield Blocking(dispatcher.answer_many, ([bound],))
         except Exception as exc:  # the model's side never breaks the caller
             self.recorder.report(f"localdistil auto: the model could not answer {self.spec.name} "
                                  f"({exc}); the function answered.", exc)
@@ -163,51 +264,14 @@ class AutoMode(Mode):
         return answer
 
     def look(self, *, force: bool = False) -> None:
-        """Follow the promoted version (looked up at most every ``VERSION_CHECK_S``) and the
-        state file (every ``REFRESH_S``); ``force`` looks at the state file now."""
-        if self._pid != os.getpid():  # forked: a lock held by another thread is never released
-            self._lock, self._pid = threading.Lock(), os.getpid()
-        with self._lock:
-            now = time.monotonic()
-            if not force and now < self._next_look and not self.state.stale:
-                return
-            self._next_look = now + auto_state.REFRESH_S
-            if now >= self._next_version or self.state.stale:
-                self._next_version = now + VERSION_CHECK_S
-                self._follow(_current_version(self.run))
-            self.state.refresh()
+        """See :meth:`Router.look`."""
+        self.router.look(force=force)
 
-    def _follow(self, version: str | None) -> None:
-        current = self._route.version if self._route is not None else None
-        if version == current and not self.state.stale:
-            return
-        if version is not None and version == self._refused:
-            return
-        route = self._route
-        if version != current:
-            route = None if version is None else self._load(version)
-            if route is None:
-                version = None
-        self.state.use(version)  # before the route: a call never sees a new route, old state
-        self._route = route
-
-    def _load(self, version: str) -> _Route | None:
-        """The route through ``version``; ``None`` (reported once) when it cannot answer for
-        this function: made for another version of it, or incomplete."""
+    def _answerers(self, version: str, path: Path) -> _Answerers:
         from localdistil.inference.dispatch import Dispatcher
 
-        try:
-            dispatcher = Dispatcher(self.spec, _version_path(self.run, version),
-                                    **self.dispatch_options)
-        except LocaldistilError as exc:
-            self._refused = version
-            self.recorder.report(f"localdistil auto: {self.spec.name} keeps running the function: "
-                                 f"the adapter {version} at {self.run} cannot answer for it. {exc}",
-                                 exc)
-            return None
-        self._refused = None
-        compare = _Comparing(self.recorder, dispatcher, self.state, version)
-        return _Route(version, dispatcher, compare)
+        dispatcher = Dispatcher(self.spec, path, **self.dispatch_options)
+        return _Answerers(dispatcher, _Comparing(self.recorder, dispatcher, self.state, version))
 
     def attributes(self) -> dict[str, Any]:
         return {"router_stats": self.stats}
@@ -224,19 +288,13 @@ class RouterStats:
     ``compared`` the comparisons made with this version, in every process sharing the state.
     """
 
-    def __init__(self, mode: AutoMode):
-        self._mode = mode
+    def __init__(self, router: Router[Any]):
+        self._router = router
 
     def summary(self) -> dict[str, Any]:
         """``{"phase", "version", "window", "agreement", "compared", "agreed", "promotions",
         "demotions", "since", "path"}``, as every process sharing the state sees it now."""
-        mode = self._mode
-        mode.look(force=True)
-        view = mode.state.view
-        return {"phase": view.phase, "version": view.version, "window": len(view.window),
-                "agreement": view.agreement, "compared": view.compared, "agreed": view.agreed,
-                "promotions": view.promotions, "demotions": view.demotions, "since": view.since,
-                "path": str(mode.state.path)}
+        return self._router.summary()
 
     @property
     def phase(self) -> str:
@@ -261,7 +319,7 @@ class RouterStats:
     @property
     def policy(self) -> AutoPolicy:
         """The thresholds this function was decorated with."""
-        return self._mode.policy
+        return self._router.policy
 
     def __repr__(self) -> str:
         s = self.summary()
