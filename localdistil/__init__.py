@@ -25,6 +25,7 @@ from localdistil.records import Record, RecordSet, read_records
 from localdistil.spec import FunctionSpec
 from localdistil.trace import (
     AutoFunction,
+    AutoPolicy,
     DispatchedFunction,
     DistilledFunction,
     Instructions,
@@ -40,6 +41,7 @@ __all__ = [
     "AdapterError",
     "AdapterMismatchError",
     "AutoFunction",
+    "AutoPolicy",
     "DatasetError",
     "DecorationError",
     "DispatchError",

@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel, field_validator
 from serving import running
 
-from localdistil import AdapterMismatchError, ToolCallError, Toolset, read_records
+from localdistil import AdapterMismatchError, ToolCallError, Toolset, TraceWarning, read_records
 from localdistil.inference.grammar import canonical_regex
 from localdistil.inference.tools import Tool, ToolUnion
 from localdistil.prompts import PROMPT_VERSION, encode_prompt, render_toolset_messages
@@ -337,10 +337,10 @@ def test_an_adapter_of_other_tools_is_a_mismatch(adapters):
         other.complete("x", model=adapters["support"])
 
 
-def _refusing_tools(refuse_times: int):
-    """The tools again, refusing their first ``refuse_times`` calls: the models by a validator,
-    the function tool by raising ToolCallError."""
-    count = {"n": 0}
+def _refusing_tools(refuse_times: int, count=None):
+    """The tools again, refusing their first ``refuse_times`` calls (counted in ``count["n"]``):
+    the models by a validator, the function tool by raising ToolCallError."""
+    count = {"n": 0} if count is None else count
 
     def gate() -> None:
         count["n"] += 1
@@ -435,6 +435,114 @@ def test_shadow_returns_the_teacher_and_records_agreement(adapters, tmp_path):
     block = json.loads(path.read_text())["localdistil"]
     assert block["shadow"]["agree"] is False and block["shadow"]["model"]
     assert support.agreement.summary()["calls"] == 1
+
+
+
+# -- auto ----------------------------------------------------------------------------------------
+
+
+def _copy_run(adapter, tmp_path):
+    """A run of its own (auto keeps its state beside the adapter)."""
+    import shutil
+
+    return shutil.copytree(adapter, tmp_path / "run")
+
+
+def _counting(answer):
+    """A teacher answering ``answer(messages)``, counting its calls."""
+    def teacher(messages):
+        teacher.calls += 1
+        return answer(messages)
+
+    teacher.calls = 0
+    return teacher
+
+
+def test_auto_traces_without_adapter_then_shadows_dispatches_and_demotes(adapters, tmp_path):
+    from localdistil.trace.auto_state import AutoPolicy
+
+    run = _copy_run(adapters["support"], tmp_path)
+    model_says = {}  # the model's own answers: a teacher that agrees with it
+    for message in ("order 1 late", "order 2 late", "order 3 late", "order 4 late"):
+        answer = Toolset("support", TOOLS, model=run).complete(message, mode="dispatch")
+        assert answer.success
+        model_says[message] = [{"name": c.name, "arguments": c.arguments.model_dump()}
+                               for c in answer.tool_calls]
+    agreeing = _counting(lambda messages: model_says[messages[-1]["content"]])
+    policy = AutoPolicy(promote_at=0.9, demote_at=0.5, window=4, min_calls=2, monitor_rate=0.0)
+    traces = tmp_path / "auto.jsonl"
+    support = Toolset("support", TOOLS, teacher=agreeing, path=traces, policy=policy)
+
+    # no promoted adapter: the teacher answers and the call is recorded
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    result = support.complete("order 1 late", mode="auto", model=empty)
+    assert result.source == "teacher" and support.router_stats(empty).phase == "trace"
+
+    # an adapter: shadow (the teacher answers, the model is compared) until proven
+    for message in ("order 1 late", "order 2 late"):
+        assert support.complete(message, mode="auto", model=run).source == "teacher"
+    stats = support.router_stats(run)
+    assert (stats.phase, stats.compared, stats.agreement) == ("dispatch", 2, 1.0)
+    assert json.loads((run / "auto" / "support.json").read_text())["phase"] == "dispatch"
+
+    # trusted: the model answers and the teacher is not asked
+    asked = agreeing.calls
+    result = support.complete("order 3 late", mode="auto", model=run)
+    assert result.success and result.source == "model" and agreeing.calls == asked
+
+    # another process's view of the same run: every call monitored, and the teacher now
+    # disagrees, so the rolling agreement falls below demote_at and calls go back to shadowing
+    other = [_call("lookup_order", order_id=123456, detailed=True)]
+    assert other not in model_says.values()
+    disagreeing = _counting(lambda messages: other)
+    monitored = Toolset("support", TOOLS, teacher=disagreeing, path=traces,
+                        policy=AutoPolicy(promote_at=0.9, demote_at=0.5, window=4, min_calls=2,
+                                          monitor_rate=1.0))
+    for message in ("order 3 late", "order 4 late", "order 1 late"):
+        assert monitored.complete(message, mode="auto", model=run).source == "teacher"
+    stats = monitored.router_stats(run)
+    assert stats.phase == "shadow" and stats.summary()["demotions"] == 1
+    records = [json.loads(line)["localdistil"] for line in traces.read_text().splitlines()]
+    assert len(records) == 1 + 2 + 3  # every call the teacher answered, and only those
+    assert [r["shadow"]["agree"] for r in records if "shadow" in r] == [
+        True, True, False, False, False]
+
+
+def test_auto_falls_back_to_the_teacher_where_the_model_cannot_answer(adapters, tmp_path):
+    from localdistil.trace.auto_state import AutoPolicy
+
+    run = _copy_run(adapters["support"], tmp_path)
+    policy = AutoPolicy(promote_at=0.9, demote_at=0.5, window=4, min_calls=1, monitor_rate=0.0)
+    state = run / "auto" / "support.json"
+    state.parent.mkdir()
+    version = Toolset("support", TOOLS, policy=policy).router_stats(run).version
+    state.write_text(json.dumps({"version": version, "phase": "dispatch", "window": "1",
+                                 "compared": 1, "agreed": 1, "promotions": 1, "demotions": 0,
+                                 "since": None}))
+    traces = tmp_path / "fallback.jsonl"
+    count = {"n": 0}
+
+    def teacher(messages):  # the tools refuse every call until the teacher is asked
+        count["n"] = 10**6
+        return route(messages)
+
+    support = Toolset("support", _refusing_tools(10**6, count), teacher=teacher, path=traces,
+                      policy=policy, retries=1)
+    result = support.complete("order 8 please", mode="auto", model=run)
+    assert result.success and result.source == "teacher"
+    assert [c.name for c in result.tool_calls] == ["lookup_order"]
+    block = json.loads(traces.read_text())["localdistil"]
+    assert len(block["fallback"]["rejected"]) == 2 and block["fallback"]["error"]
+    assert "not this time" in result.attempts[0].error  # the model's first answer, refused
+
+
+def test_auto_keeps_tracing_with_an_adapter_of_other_tools(adapters, tmp_path):
+    run = _copy_run(adapters["single"], tmp_path)  # trained for parallel=False
+    support = Toolset("support", TOOLS, teacher=route, model=run)
+    with pytest.warns(TraceWarning, match="cannot answer for it"):
+        result = support.complete("order 8 please", mode="auto")
+    assert result.source == "teacher" and support.router_stats().phase == "trace"
 
 
 # -- the server ----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Light on purpose: tracing runs inside production code and imports nothing heavy.
 """
 
 from localdistil.inference.tools import ToolCall, ToolsetResult
+from localdistil.trace.auto_state import AutoPolicy
 from localdistil.trace.instructions import Instructions
 from localdistil.trace.toolset import Toolset
 from localdistil.trace.wrappers import (
@@ -14,5 +15,5 @@ from localdistil.trace.wrappers import (
     ShadowedFunction,
 )
 
-__all__ = ["AutoFunction", "DispatchedFunction", "DistilledFunction", "Instructions",
+__all__ = ["AutoFunction", "AutoPolicy", "DispatchedFunction", "DistilledFunction", "Instructions",
            "ShadowedFunction", "ToolCall", "Toolset", "ToolsetResult"]

@@ -24,6 +24,15 @@ Modes (each a small function below):
     the teacher answers and is returned (and recorded); the model answers too, without running
     any function, and whether the two agree (the same calls in any order) is recorded in the
     record and counted in :attr:`Toolset.agreement`.
+``auto``
+    as a function's ``mode="auto"`` (:mod:`localdistil.trace.auto`): the teacher answers and is
+    recorded while the run has no promoted adapter; then shadows, each comparison counted in the
+    run's router state (``RUN/auto/<name>.json``, shared by processes), until the rolling
+    agreement reaches ``policy.promote_at``; then the model answers, ``policy.monitor_rate`` of
+    the calls still shadowed, and agreement below ``policy.demote_at`` goes back to shadowing. A
+    model that cannot answer (refused after resampling, out of tokens, cannot load) falls back
+    to the teacher for that call, recorded as a new example. A new promoted version starts
+    untrusted; :meth:`Toolset.router_stats` says where it stands.
 
 Records are OpenAI chat fine-tuning lines with ``tools`` and one assistant message holding
 every call in ``tool_calls``, plus localdistil's block (the tool set as a function of
@@ -36,11 +45,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from localdistil.errors import AdapterMismatchError, ToolCallError, TraceError, TraceWarning
@@ -60,15 +71,18 @@ from localdistil.prompts import (
 )
 from localdistil.records.build import RECORD_VERSION
 from localdistil.spec import canonical_json, fingerprint, schema_hash
+from localdistil.trace.auto import Router, RouterStats
+from localdistil.trace.auto_state import AutoPolicy
 from localdistil.trace.sinks import HandlerSink, JsonlSink
 
 if TYPE_CHECKING:
     from localdistil.inference.engine import Engine
+    from localdistil.inference.tools import Answered
 
 Teacher = Callable[[list[dict[str, Any]]], Sequence[Any]]
-Mode = Literal["trace", "dispatch", "shadow"]
+Mode = Literal["trace", "dispatch", "shadow", "auto"]
 #: What ``mode`` accepts.
-MODES = ("trace", "dispatch", "shadow")
+MODES = ("trace", "dispatch", "shadow", "auto")
 #: What ``on_invalid`` accepts.
 ON_INVALID = ("resample", "fallback", "raise")
 
@@ -87,17 +101,22 @@ class Toolset:
         teacher: answers in ``trace`` and ``shadow`` modes and for ``on_invalid="fallback"``:
             ``teacher(messages)`` returns a list of ``{"name", "arguments"}`` (arguments a
             dict, a model or JSON text).
-        model: the default adapter (a run directory or adapter) for ``dispatch`` and ``shadow``.
+        model: the default adapter (a run directory or adapter) for ``dispatch`` and
+            ``shadow``; the run directory for ``auto``.
         path: a JSONL file to append records to (safe with many threads and processes).
         log_handlers: ``logging.Handler`` objects that receive each record line.
         on_invalid: ``"resample"``, ``"fallback"`` or ``"raise"`` (see the module docstring).
         retries: how many samples ``"resample"`` tries after the first answer.
-        strict: raise :class:`~localdistil.errors.TraceError` when a record cannot be written,
-            instead of warning.
+        strict: raise :class:`~localdistil.errors.TraceError` when a record cannot be written
+            (or ``auto``'s state file cannot be read or written), instead of warning.
+        policy: when ``auto`` hands calls to the model and takes them back (the thresholds of
+            a function's ``mode="auto"``).
+        seed: seeds which calls ``auto`` still compares while dispatching.
 
     Raises:
         TypeError, ValueError: a tool that is neither a model nor a function, two tools of one
             name, an unknown ``on_invalid``.
+        DecorationError: a ``policy`` threshold out of range.
     """
 
     def __init__(self, name: str, tools: Sequence[Any], *, parallel: bool = True,
@@ -105,7 +124,8 @@ class Toolset:
                  model: str | os.PathLike[str] | None = None,
                  path: str | os.PathLike[str] | None = None,
                  log_handlers: Sequence[logging.Handler] | None = None,
-                 on_invalid: str = "resample", retries: int = 2, strict: bool = False):
+                 on_invalid: str = "resample", retries: int = 2, strict: bool = False,
+                 policy: AutoPolicy | None = None, seed: int | None = None):
         if on_invalid not in ON_INVALID:
             raise ValueError(f"on_invalid must be one of {', '.join(ON_INVALID)}; "
                              f"got {on_invalid!r}")
@@ -117,6 +137,9 @@ class Toolset:
         self.retries = retries
         self.strict = strict
         self.agreement = Agreement()
+        self.policy = policy if policy is not None else AutoPolicy()
+        self._routers: dict[Path, Router[Engine]] = {}
+        self._sampler = random.Random(seed)
         self.sinks: list[JsonlSink | HandlerSink] = []
         if path is not None:
             self.sinks.append(JsonlSink(path))
@@ -145,8 +168,39 @@ class Toolset:
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-        run = {"trace": _trace, "dispatch": _dispatch, "shadow": _shadow}[mode]
+        run = {"trace": _trace, "dispatch": _dispatch, "shadow": _shadow, "auto": _auto}[mode]
         return run(self, user_message, model or self.model, teacher or self.teacher)
+
+    def router_stats(self, model: str | os.PathLike[str] | None = None) -> RouterStats:
+        """Where ``mode="auto"`` stands with the run at ``model`` (default: ``self.model``):
+        phase, version, rolling agreement, as every process sharing its state sees it.
+
+        Raises:
+            ValueError: no model given.
+        """
+        return RouterStats(self.router(model))
+
+    def router(self, model: str | os.PathLike[str] | None) -> Router[Engine]:
+        """The router that follows the run at ``model`` for ``auto`` (one per run)."""
+        model = model or self.model
+        if model is None:
+            raise ValueError(f"tool set {self.name}: pass model= (the training run's "
+                             "output.dir) for mode='auto'")
+        key = Path(model).resolve()
+        router = self._routers.get(key)
+        if router is None:
+            router = self._routers.setdefault(key, Router(
+                key, self.name, self.policy, lambda version, path: self.engine(path),
+                self.report))
+        return router
+
+    def report(self, message: str, exc: BaseException) -> None:
+        """A problem on the model's side that the caller need not see: a
+        :class:`~localdistil.errors.TraceWarning`, or :class:`~localdistil.errors.TraceError` when
+        strict."""
+        if self.strict:
+            raise TraceError(message) from exc
+        warnings.warn(message, TraceWarning, stacklevel=4)
 
     # -- the pieces the modes share ------------------------------------------------------------
 
@@ -265,12 +319,7 @@ def _trace(toolset: Toolset, user_message: str, model: Any, teacher: Teacher | N
 
 def _dispatch(toolset: Toolset, user_message: str, model: Any, teacher: Teacher | None
               ) -> ToolsetResult:
-    from localdistil.inference.tools import answer_with_model
-
-    engine = toolset.engine(model)
-    resamples = toolset.retries if toolset.on_invalid == "resample" else 0
-    answered = answer_with_model(engine, toolset.union, toolset.prompt(engine, user_message),
-                                 resamples=resamples)
+    answered = _model_answer(toolset, toolset.engine(model), user_message)
     if answered.ok:
         return build_result(user_message, answered.attempts, answered.calls, answered.results,
                             "model")
@@ -279,38 +328,84 @@ def _dispatch(toolset: Toolset, user_message: str, model: Any, teacher: Teacher 
     if toolset.on_invalid == "raise":
         raise error
     if toolset.on_invalid == "fallback":
-        started = time.perf_counter()
-        calls, results, attempt = toolset.ask_teacher(user_message, teacher)
-        rejected = [a.text for a in answered.attempts]
-        toolset.record(user_message, calls, time.perf_counter() - started,
-                       {"fallback": {"rejected": rejected, "error": answered.error}})
-        return build_result(user_message, [*answered.attempts, attempt], calls, results,
-                            "teacher")
+        return _fallback(toolset, user_message, teacher, answered.attempts, answered.error)
     return build_result(user_message, answered.attempts, None, [], error=error)
+
+
+def _model_answer(toolset: Toolset, engine: Engine, user_message: str) -> Answered:
+    """The model's calls, validated and executed; refused ones resampled per ``on_invalid``."""
+    from localdistil.inference.tools import answer_with_model
+
+    resamples = toolset.retries if toolset.on_invalid == "resample" else 0
+    return answer_with_model(engine, toolset.union, toolset.prompt(engine, user_message),
+                             resamples=resamples)
+
+
+def _fallback(toolset: Toolset, user_message: str, teacher: Teacher | None,
+              rejected: Sequence[Attempt], error: str | None) -> ToolsetResult:
+    """The teacher answers where the model could not; recorded as a new example."""
+    started = time.perf_counter()
+    calls, results, attempt = toolset.ask_teacher(user_message, teacher)
+    toolset.record(user_message, calls, time.perf_counter() - started,
+                   {"fallback": {"rejected": [a.text for a in rejected], "error": error}})
+    return build_result(user_message, [*rejected, attempt], calls, results, "teacher")
 
 
 def _shadow(toolset: Toolset, user_message: str, model: Any, teacher: Teacher | None
             ) -> ToolsetResult:
+    return _compare(toolset, user_message, teacher, lambda: toolset.engine(model))[0]
+
+
+def _compare(toolset: Toolset, user_message: str, teacher: Teacher | None,
+             engine: Callable[[], Engine]) -> tuple[ToolsetResult, bool | None]:
+    """The teacher's answer (recorded), and whether the model's agreed with it (``None``
+    when the model could not answer at all)."""
     from localdistil.inference.tools import answer_with_model
 
     started = time.perf_counter()
     calls, results, attempt = toolset.ask_teacher(user_message, teacher)
     duration = time.perf_counter() - started
+    teacher_result = build_result(user_message, [attempt], calls, results, "teacher")
     try:  # the model's side never breaks the caller: the teacher's tools have run already
-        engine = toolset.engine(model)
-        answered = answer_with_model(engine, toolset.union, toolset.prompt(engine, user_message),
-                                     execute=False)
+        answerer = engine()
+        answered = answer_with_model(answerer, toolset.union,
+                                     toolset.prompt(answerer, user_message), execute=False)
     except Exception as exc:
         warnings.warn(f"localdistil shadow: the model could not answer tool set "
-                      f"{toolset.name}: {exc}", TraceWarning, stacklevel=3)
+                      f"{toolset.name}: {exc}", TraceWarning, stacklevel=4)
         toolset.record(user_message, calls, duration, None)
-        return build_result(user_message, [attempt], calls, results, "teacher")
+        return teacher_result, None
     agree = answered.ok and same_calls(toolset.union.output(calls),
                                        toolset.union.output(answered.calls or []))
     toolset.agreement.add(Comparison(exact=agree, fields={"tool_calls": agree}))
     shadow = {"agree": agree, "model": answered.attempts[-1].text, "model_error": answered.error}
     toolset.record(user_message, calls, duration, {"shadow": shadow})
-    return build_result(user_message, [attempt], calls, results, "teacher")
+    return teacher_result, agree
+
+
+def _auto(toolset: Toolset, user_message: str, model: Any, teacher: Teacher | None
+          ) -> ToolsetResult:
+    router = toolset.router(model)
+    if router.due:
+        router.look()
+    route, view = router.current()
+    if route is None:  # no usable adapter yet: the teacher answers, and is recorded
+        return _trace(toolset, user_message, model, teacher)
+    if view.phase == "dispatch" and toolset._sampler.random() >= toolset.policy.monitor_rate:
+        try:
+            answered = _model_answer(toolset, route.answerer, user_message)
+        except Exception as exc:  # the model's side never breaks the caller
+            toolset.report(f"localdistil auto: the model could not answer tool set "
+                           f"{toolset.name} ({exc}); the teacher answered.", exc)
+            return _fallback(toolset, user_message, teacher, [], repr(exc))
+        if answered.ok:
+            return build_result(user_message, answered.attempts, answered.calls,
+                                answered.results, "model")
+        return _fallback(toolset, user_message, teacher, answered.attempts, answered.error)
+    result, agree = _compare(toolset, user_message, teacher, lambda: route.answerer)
+    if agree is not None:
+        router.state.add(route.version, agree)
+    return result
 
 
 def same_calls(expected: Mapping[str, Any], got: Mapping[str, Any] | None) -> bool:
