@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from serving import running
 
 from localdistil import RecipeError
@@ -495,6 +497,37 @@ def test_the_local_engine_teacher_on_the_tiny_model(tmp_path, tiny_model_dir):
             assert "max_tokens=24" in reject["detail"]
 
 
+def test_questions_begin_with_the_openers_in_turn():
+    from localdistil.inference.grammar import canonical_regex
+
+    asked = questions_type(3, ("What", "How"))
+    good = asked.model_validate_json(
+        '{"questions":["What is a run?","How is it kept?","What is auto mode?"]}')
+    assert list(good.questions) == ["What is a run?", "How is it kept?", "What is auto mode?"]
+    for bad in ('["How is a run?","How is it kept?","What is auto?"]',  # wrong opener
+                '["What is a run","How is it kept?","What is auto?"]',  # no question mark
+                '["What is a run?","How is it kept?"]'):  # too few
+        with pytest.raises(ValidationError):
+            asked.model_validate_json(f'{{"questions":{bad}}}')
+    regex = re.compile(canonical_regex(asked.model_json_schema()))
+    assert regex.fullmatch('{"questions":["What is a run?","How is it kept?","What is it?"]}')
+    assert not regex.fullmatch('{"questions":["What is a run?","What is it?","How is it?"]}')
+    # without openers: any question, one line, capital first, question mark last
+    free = questions_type(2)
+    assert free.model_validate_json('{"questions":["Is it fast?","Where are runs kept?"]}')
+    with pytest.raises(ValidationError):
+        free.model_validate_json('{"questions":["{{id}}","Where are runs kept?"]}')
+
+
+def test_the_local_teacher_writes_questions_with_the_openers(tiny_model_dir):
+    from localdistil.sources.teacher import LocalTeacher
+
+    teacher = LocalTeacher(str(tiny_model_dir), retries=0)
+    (outcome,) = teacher.ask([[{"role": "user", "content": "Ask me."}]],
+                             questions_type(2, ("Which",)), max_tokens=30)
+    assert outcome.text.startswith('{"questions":["Which ')  # the random model, under the grammar
+
+
 @pytest.fixture(scope="module")
 def server_url(tiny_model_dir):
     """``localdistil serve --base tiny=<tiny model>`` on 127.0.0.1 at a free port, in a thread."""
@@ -586,6 +619,7 @@ def test_the_shipped_synth_recipe_is_valid_and_says_how_to_run_it():
     ({}, ["questions.user='{chunk} {colour}'"], "questions.user", "{colour}"),
     ({}, ["function.name='not a name'"], "function.name", "should match pattern"),
     ({}, ["chunk.size"], "chunk.size", "is not key=value"),
+    ({}, ["questions.openers=[What, 'How?']"], "questions.openers[1]", "should match pattern"),
 ])
 def test_recipe_errors_name_the_key(data, overrides, key, words):
     base = {"source": {"paths": ["README.md"]}, "teacher": {"model": "smollm2-135m"}, **data}

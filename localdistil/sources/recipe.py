@@ -144,6 +144,11 @@ class QuestionsSection(_Section):
         "questions asked per chunk (the schema demands exactly this many), 1 to 50"))
     max_tokens: int = Field(256, gt=0, description=(
         "token budget of one chunk's questions; an answer that runs out is a rejected item"))
+    openers: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z' -]*$")]] = Field(
+        [], description=(
+            "words the questions must begin with, question i with openers[i % n] (e.g. [What, "
+            "How, Which]): steers a weak teacher, which otherwise repeats one question; leave "
+            "empty for a strong teacher"))
     system: str = Field(templates.QUESTIONS_SYSTEM, description=(
         "the system message (a template: {chunk} {source} {count})"))
     user: str = Field(templates.QUESTIONS_USER, description=(

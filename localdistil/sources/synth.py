@@ -167,7 +167,8 @@ def show_prompts(recipe: SynthRecipe) -> str:
              f"{chunk.start}-{chunk.end}"]
     for title, messages, output_type in (
             ("questions prompt, once per chunk", question_messages(recipe, chunk),
-             questions_type(recipe.questions.per_chunk)),
+             questions_type(recipe.questions.per_chunk,
+                            tuple(recipe.questions.openers))),
             ("answer prompt, once per question", answer_messages(recipe, chunk, question),
              TeacherAnswer)):
         parts.append(f"\n=== {title} ===")
@@ -246,7 +247,8 @@ class _Work:
         rejects: dict[str, list[Reject]] = {chunk.hash: [] for chunk in batch}
         count = recipe.questions.per_chunk
         outcomes = self.teacher.ask([question_messages(recipe, c) for c in batch],
-                                    questions_type(count), max_tokens=recipe.questions.max_tokens)
+                                    questions_type(count, tuple(recipe.questions.openers)),
+                                    max_tokens=recipe.questions.max_tokens)
         asked: list[tuple[Chunk, str]] = []
         for chunk, outcome in zip(batch, outcomes):
             self._count(outcome)

@@ -19,11 +19,19 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    create_model,
+)
 
 from localdistil.errors import LocaldistilError, RecipeError
 from localdistil.inference.engine import Outcome
@@ -40,13 +48,32 @@ class TeacherAnswer(BaseModel):
     answer: str = Field(description="the answer, from the passage; empty when not answerable")
 
 
+#: What a question looks like: a capital first, one line, a question mark last. Under the grammar,
+#: even a weak teacher writes questions rather than fragments of JSON.
+QUESTION_PATTERN = r'^[A-Z][^"\\\n]{3,200}\?$'
+
+
+def _opening(word: str) -> str:
+    """A question that begins with ``word``."""
+    return rf'^{re.escape(word)} [^"\\\n?]{{3,200}}\?$'
+
+
 @functools.cache
-def questions_type(count: int) -> type[BaseModel]:
-    """``Questions(questions: list[str])`` whose schema demands exactly ``count`` questions."""
-    return create_model(
-        "Questions", __config__=ConfigDict(extra="forbid"),
-        questions=(list[str], Field(min_length=count, max_length=count,
-                                    description=f"{count} different questions")))
+def questions_type(count: int, openers: tuple[str, ...] = ()) -> type[BaseModel]:
+    """``Questions(questions: ...)`` whose schema demands exactly ``count`` questions, each of
+    :data:`QUESTION_PATTERN`; with ``openers``, question ``i`` begins with ``openers[i % n]``
+    (a tuple of differently constrained strings: a greedy teacher otherwise writes one
+    question ``count`` times)."""
+    description = f"{count} different questions"
+    if openers:
+        items = tuple(Annotated[str, StringConstraints(pattern=_opening(openers[i % len(openers)]))]
+                      for i in range(count))
+        field: Any = (tuple[items], Field(description=description))  # type: ignore[valid-type]
+    else:
+        question = Annotated[str, StringConstraints(pattern=QUESTION_PATTERN)]
+        field = (list[question], Field(min_length=count, max_length=count,
+                                       description=description))
+    return create_model("Questions", __config__=ConfigDict(extra="forbid"), questions=field)
 
 
 class Teacher(Protocol):
