@@ -619,7 +619,7 @@ def _proposing(monkeypatch, guesses):
     import localdistil.inference.generate as generate
 
     def propose(sequence, prompt, settings, *, alone=True, longest_match=3):
-        size = min(settings.lookup, sequence.budget - len(sequence.ids) - 1)
+        size = min(settings.lookup, settings.max_new_tokens - len(sequence.ids) - 1)
         sequence.proposal = list(guesses(tuple(prompt), sequence.ids, size)) if size > 0 else []
 
     monkeypatch.setattr(generate, "_propose", propose)
@@ -660,50 +660,18 @@ def test_prompt_lookup_copies_from_the_prompt(tiny, backend, monkeypatch):
     _, tokenizer = tiny
     grammar = JsonGrammar.for_schema(Item.model_json_schema(), tokenizer, backend=backend)
     prompt = tokenizer.encode('say {"label":"Ada Lovelace", please', add_special_tokens=False)
-    sequence = generate._Sequence(cursor=grammar.cursor(), budget=60)
+    sequence = generate._Sequence(cursor=grammar.cursor())
     written = tokenizer.encode('{"label":"Ada', add_special_tokens=False)
     for token in written:
         assert sequence.cursor.advance(token)
     sequence.ids = list(written)
-    settings = generate._DecodeSettings(grammar.table, lookup=3)
+    settings = generate._DecodeSettings(grammar, max_new_tokens=60, lookup=3)
     generate._propose(sequence, prompt, settings)
     after = prompt[prompt.index(written[-1]) + 1:]
     assert sequence.proposal == after[:3] and " Lovelace".startswith(tokenizer.decode(after[:3]))
-    sequence.budget = len(written) + 2
-    generate._propose(sequence, prompt, settings)
+    tight = generate._DecodeSettings(grammar, max_new_tokens=len(written) + 2, lookup=3)
+    generate._propose(sequence, prompt, tight)
     assert sequence.proposal == after[:1]  # never past the token budget
-
-
-
-def test_a_continuous_batch_answers_as_each_prompt_alone(tiny, backend):
-    """Prompts join a running batch at different passes, under different schemas and budgets,
-    and leave as they finish; each output is the one it gets decoded alone."""
-    from localdistil.inference.generate import ContinuousBatch
-
-    model, tokenizer = tiny
-    items = JsonGrammar.for_schema(Item.model_json_schema(), tokenizer, backend=backend)
-    multiply = JsonGrammar.for_schema(Multiply.model_json_schema(), tokenizer, backend=backend)
-    prompts = _prompts(tokenizer, 6)
-    asks = [(prompts[0], items, 40), (prompts[1], multiply, 30), (prompts[2], items, 5),
-            (prompts[3], multiply, 40), (prompts[4], items, 60), (prompts[5], items, 40)]
-    alone = [generate_json(model, tokenizer, grammar, [prompt], max_new_tokens=budget)[0]
-             for prompt, grammar, budget in asks]
-
-    batch = ContinuousBatch(model, tokenizer, prefix=PromptPrefix())
-    joins = {0: [0, 1], 1: [2], 3: [3, 4], 6: [5]}  # pass -> asks that join before it
-    results, passes, sizes = {}, 0, []
-    while len(batch) or passes <= max(joins):
-        for index in joins.get(passes, []):
-            prompt, grammar, budget = asks[index]
-            batch.add(index, prompt, grammar, budget)
-        sizes.append(len(batch))
-        for tag, result in batch.step():
-            assert tag not in results
-            results[tag] = result
-        passes += 1
-    assert [results[i] for i in range(len(asks))] == alone
-    assert max(sizes) >= 3 and sizes[-1] == 1  # they overlapped, and left one by one
-    assert not alone[2].finished  # the 5-token budget ran out, in the batch too
 
 
 def test_a_shared_prompt_prefix_is_computed_once_and_changes_nothing(tiny, backend, monkeypatch):
@@ -760,11 +728,11 @@ def test_a_field_named_like_an_argument_is_proposed_its_value(tiny, backend, mon
     result_key = tokenizer.encode('{"result":', add_special_tokens=False)
     assert generate._argument_value(result_key, prompt, grammar.table) == []  # no such argument
 
-    sequence = generate._Sequence(cursor=grammar.cursor(), budget=60)
+    sequence = generate._Sequence(cursor=grammar.cursor())
     for token in written:
         assert sequence.cursor.advance(token)
     sequence.ids, sequence.feed = list(written), list(written[-3:])
-    settings = generate._DecodeSettings(grammar.table, lookup=4)
+    settings = generate._DecodeSettings(grammar, max_new_tokens=60, lookup=4)
     generate._propose(sequence, prompt, settings)
     assert sequence.proposal == value[:4]  # past the cheap width: an echoed argument is worth it
 

@@ -78,14 +78,19 @@ class GenerationResult:
 
 @dataclasses.dataclass(frozen=True)
 class _DecodeSettings:
-    """What a batch decodes under, the same for every sequence and step."""
+    """What one :func:`generate_json` call decodes under, the same for every sequence and step."""
 
-    table: TokenTable
+    grammar: JsonGrammar
+    max_new_tokens: int
     temperature: float = 0.0
     rng: numpy.random.Generator | None = None  # sampling only
     fast_forward: bool = True
     lookup: int = 0  # the most tokens prompt lookup proposes per step; 0: none
     pad_id: int = 0
+
+    @property
+    def table(self) -> TokenTable:
+        return self.grammar.table
 
 
 @dataclasses.dataclass
@@ -93,7 +98,6 @@ class _Sequence:
     """The decoding state of one prompt."""
 
     cursor: Cursor
-    budget: int  # the most tokens it may generate, forced ones included
     ids: list[int] = dataclasses.field(default_factory=list)
     feed: list[int] = dataclasses.field(default_factory=list)  # tokens the model has not seen yet
     proposal: list[int] = dataclasses.field(default_factory=list)  # guesses fed after ``feed``
@@ -137,208 +141,69 @@ def generate_json(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, gr
 
     _check_arguments(tokenizer, grammar, prompts, max_new_tokens, temperature)
     settings = _DecodeSettings(
-        table=grammar.table, temperature=temperature,
+        grammar=grammar, max_new_tokens=max_new_tokens, temperature=temperature,
         rng=np.random.default_rng(seed) if temperature > 0 else None, fast_forward=fast_forward,
         lookup=prompt_lookup if temperature <= 0 else 0, pad_id=_pad_id(tokenizer))
-    sequences = [_Sequence(cursor=grammar.cursor(), budget=max_new_tokens) for _ in prompts]
+    sequences = [_Sequence(cursor=grammar.cursor()) for _ in prompts]
     for sequence in sequences:
         _after_token(sequence, settings)
     with torch.inference_mode():
-        rows = _begin(model, settings, prompts, sequences, prefix)
-        while rows.sequences:
-            _step(model, settings, rows)
-    return [_result(s, grammar.table) for s in sequences]
+        _decode(model, settings, prompts, sequences, prefix)
+    return [GenerationResult(text=grammar.table.decode(s.ids), token_ids=tuple(s.ids),
+                             finished=s.finished, forced_count=s.forced_count) for s in sequences]
 
 
-def _result(sequence: _Sequence, table: TokenTable) -> GenerationResult:
-    return GenerationResult(text=table.decode(sequence.ids),
-                            token_ids=tuple(sequence.ids), finished=sequence.finished,
-                            forced_count=sequence.forced_count)
-
-
-@dataclasses.dataclass
-class _Rows:
-    """Sequences decoding together: the batch's KV cache, one row per live sequence, its
-    attention mask over the cache's positions, the real tokens each row has been fed, and what
-    each is fed next."""
-
-    sequences: list[_Sequence]
-    prompts: list[list[int]]
-    cache: object
-    attention: torch.Tensor
-    seen: torch.Tensor
-    chunks: list[list[int]]
-    alone: bool = True  # whether the rows' sequences are all the batch decodes (see _propose)
-
-
-def _begin(model: PreTrainedModel, settings: _DecodeSettings, prompts: list[list[int]],
-           sequences: list[_Sequence], prefix: PromptPrefix | None, *,
-           alone: bool = True) -> _Rows:
-    """The rows of the live ``sequences``, before their first pass: each is fed its prompt
-    (less the shared prefix, whose KV cache is copied in) and what it has been given since."""
+def _decode(model: PreTrainedModel, settings: _DecodeSettings, prompts: list[list[int]],
+            sequences: list[_Sequence], prefix: PromptPrefix | None) -> None:
+    """The loop: feed what each live sequence has not been fed (and its proposal), pick tokens."""
     import torch
 
     device = _device(model)
     live = [i for i, s in enumerate(sequences) if not s.done]
-    sequences, prompts = [sequences[i] for i in live], [list(prompts[i]) for i in live]
-    alone = alone and len(live) == 1
-    for sequence, prompt in zip(sequences, prompts):
-        _propose(sequence, prompt, settings, alone=alone)
-    start, cache = prefix.start(model, prompts) if prefix and prompts else (0, None)
-    return _Rows(sequences=sequences, prompts=prompts, cache=cache,
-                 attention=torch.ones((len(live), start), dtype=torch.long, device=device),
-                 seen=torch.full((len(live),), start, dtype=torch.long, device=device),
-                 chunks=[p[start:] + s.feed + s.proposal for p, s in zip(prompts, sequences)],
-                 alone=alone)
-
-
-def _step(model: PreTrainedModel, settings: _DecodeSettings, rows: _Rows) -> list[_Sequence]:
-    """One pass over the rows: feed each its chunk, pick its tokens, drop the finished rows
-    (and their cache rows); return the sequences that finished."""
-    import torch
-
-    device = _device(model)
-    sequences = rows.sequences
-    input_ids, chunk_mask = _left_pad(rows.chunks, settings.pad_id, device)
-    attention = torch.cat([rows.attention, chunk_mask], dim=1)
-    positions = (rows.seen[:, None] + chunk_mask.cumsum(dim=1) - 1).clamp(min=0)
-    seen = rows.seen + chunk_mask.sum(dim=1)
-    kept = 1 + max(len(s.proposal) for s in sequences)  # positions whose logits we read
-    out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                cache=rows.cache, use_cache=True, logits_to_keep=kept)
-    cache = out.cache
-    logits = out.logits[:, -kept:, :]
+    if not live:
+        return
+    for index in live:
+        _propose(sequences[index], prompts[index], settings, alone=len(live) == 1)
+    start, cache = prefix.start(model, [prompts[i] for i in live]) if prefix else (0, None)
+    chunks = [list(prompts[i][start:]) + sequences[i].feed + sequences[i].proposal for i in live]
+    attention = torch.ones((len(live), start), dtype=torch.long, device=device)
+    seen = torch.full((len(live),), start, dtype=torch.long, device=device)  # real tokens fed
     vocab = settings.table.size
-    if logits.shape[-1] < vocab:
-        raise ValueError(f"the model scores {logits.shape[-1]} tokens but the tokenizer has "
-                         f"{vocab}: they do not belong together")
-    # Token choice runs in numpy on the CPU: single-threaded, so it never waits on a busy
-    # core, and over the allowed ids only where they are few.
-    scores = logits[..., :vocab].float().cpu().numpy()
-    keep = []
-    for row, sequence in enumerate(sequences):
-        rejected = _accept(sequence, scores[row, kept - 1 - len(sequence.proposal):], settings)
-        if rejected:  # proposed tokens the model saw but greedy decoding did not pick
-            attention[row, attention.shape[1] - rejected:] = 0
-            seen[row] -= rejected
-        if not sequence.done:
-            keep.append(row)
-    finished = [s for s in sequences if s.done]
-    for row in keep:  # n-gram guesses only for a sequence decoding alone (see _propose)
-        _propose(sequences[row], rows.prompts[row], settings,
-                 alone=rows.alone and len(keep) == 1)
-    if len(keep) < len(sequences) and keep:
-        index = torch.tensor(keep, dtype=torch.long, device=device)
-        cache.reorder_cache(index)
-        attention, seen = attention[index], seen[index]
-    rows.sequences = [sequences[row] for row in keep]
-    rows.prompts = [rows.prompts[row] for row in keep]
-    rows.chunks = [s.feed + s.proposal for s in rows.sequences]
-    rows.cache, rows.attention, rows.seen = (cache, attention, seen) if keep else (None,) * 3
-    return finished
-
-
-def _join(rows: _Rows, other: _Rows) -> _Rows:
-    """``rows`` and ``other`` as one batch: the narrower cache (and mask) left-padded to the
-    wider one's positions, masked out, so each row sees what it saw before."""
-    import torch
-
-    if not rows.sequences:
-        return other
-    if not other.sequences:
-        return rows
-    width = max(rows.attention.shape[1], other.attention.shape[1])
-
-    def padded(tensor: torch.Tensor, dim: int) -> torch.Tensor:
-        missing = width - tensor.shape[dim]
-        if missing == 0:
-            return tensor
-        shape = list(tensor.shape)
-        shape[dim] = missing
-        return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
-
-    for mine, theirs in zip(rows.cache.layers, other.cache.layers):
-        mine.keys = torch.cat([padded(mine.keys, -2), padded(theirs.keys, -2)])
-        mine.values = torch.cat([padded(mine.values, -2), padded(theirs.values, -2)])
-    rows.attention = torch.cat([padded(rows.attention, 1), padded(other.attention, 1)])
-    rows.seen = torch.cat([rows.seen, other.seen])
-    rows.sequences += other.sequences
-    rows.prompts += other.prompts
-    rows.chunks += other.chunks
-    rows.alone = False
-    return rows
-
-
-class ContinuousBatch:
-    """Greedy sequences decoding together that join and leave between passes: what a server
-    keeps running so that a request arriving mid-decode starts at the next pass, and a finished
-    one frees its row at once, instead of waiting for a whole batch.
-
-    ``add`` queues a prompt; each :meth:`step` first gives the queued prompts their first pass
-    (together, the shared prompt prefix copied in), then one pass to the running ones, then
-    joins the two. Each output equals what :func:`generate_json` writes for that prompt alone.
-    Not thread-safe: one thread steps it (and holds the model meanwhile).
-
-    Args:
-        model, tokenizer: as for :func:`generate_json`.
-        prefix: the shared prompt prefix's KV cache, as for :func:`generate_json`.
-        prompt_lookup: as for :func:`generate_json`.
-    """
-
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
-                 prefix: PromptPrefix | None = None, prompt_lookup: int = 4):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.prefix = prefix
-        self.prompt_lookup = prompt_lookup
-        self._settings: _DecodeSettings | None = None
-        self._rows: _Rows | None = None
-        self._queued: list[tuple[object, list[int], _Sequence]] = []
-        self._tags: dict[int, object] = {}  # id(sequence) -> the caller's tag
-
-    def __len__(self) -> int:
-        """Sequences queued or decoding."""
-        return len(self._queued) + (len(self._rows.sequences) if self._rows else 0)
-
-    def add(self, tag: object, prompt: list[int], grammar: JsonGrammar, max_new_tokens: int
-            ) -> None:
-        """Queue ``prompt`` to be answered under ``grammar`` (built for this tokenizer) in at
-        most ``max_new_tokens`` tokens; :meth:`step` returns its result with ``tag``.
-
-        Raises:
-            ValueError, TypeError: as :func:`generate_json` for the same arguments.
-        """
-        _check_arguments(self.tokenizer, grammar, [prompt], max_new_tokens, 0.0)
-        if self._settings is None:
-            self._settings = _DecodeSettings(table=grammar.table, lookup=self.prompt_lookup,
-                                             pad_id=_pad_id(self.tokenizer))
-        sequence = _Sequence(cursor=grammar.cursor(), budget=max_new_tokens)
-        _after_token(sequence, self._settings)
-        self._queued.append((tag, list(prompt), sequence))
-
-    def step(self) -> list[tuple[object, GenerationResult]]:
-        """One pass (two when prompts were queued); the ``(tag, result)`` of each sequence that
-        finished in it."""
-        import torch
-
-        settings, queued, self._queued = self._settings, self._queued, []
-        finished = [(tag, s) for tag, _, s in queued if s.done]  # done before any pass
-        with torch.inference_mode():
-            if any(not s.done for _, _, s in queued):
-                running = bool(self._rows and self._rows.sequences)
-                fresh = _begin(self.model, settings, [p for _, p, _ in queued],
-                               [s for _, _, s in queued], self.prefix, alone=not running)
-                self._tags.update({id(s): tag for tag, _, s in queued})
-                done = _step(self.model, settings, fresh)
-                if self._rows is not None and self._rows.sequences:
-                    done += _step(self.model, settings, self._rows)
-                self._rows = _join(self._rows, fresh) if self._rows else fresh
-            elif self._rows is not None and self._rows.sequences:
-                done = _step(self.model, settings, self._rows)
-            else:
-                done = []
-        finished += [(self._tags.pop(id(s)), s) for s in done]
-        return [(tag, _result(s, settings.table)) for tag, s in finished]
+    while live:
+        input_ids, chunk_mask = _left_pad(chunks, settings.pad_id, device)
+        attention = torch.cat([attention, chunk_mask], dim=1)
+        positions = (seen[:, None] + chunk_mask.cumsum(dim=1) - 1).clamp(min=0)
+        seen = seen + chunk_mask.sum(dim=1)
+        kept = 1 + max(len(sequences[i].proposal) for i in live)  # positions whose logits we read
+        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                    cache=cache, use_cache=True, logits_to_keep=kept)
+        cache = out.cache
+        logits = out.logits[:, -kept:, :]
+        if logits.shape[-1] < vocab:
+            raise ValueError(f"the model scores {logits.shape[-1]} tokens but the tokenizer has "
+                             f"{vocab}: they do not belong together")
+        # Token choice runs in numpy on the CPU: single-threaded, so it never waits on a busy
+        # core, and over the allowed ids only where they are few.
+        scores = logits[..., :vocab].float().cpu().numpy()
+        keep = []
+        for row, index in enumerate(live):
+            sequence = sequences[index]
+            rejected = _accept(sequence, scores[row, kept - 1 - len(sequence.proposal):], settings)
+            if rejected:  # proposed tokens the model saw but greedy decoding did not pick
+                attention[row, attention.shape[1] - rejected:] = 0
+                seen[row] -= rejected
+            if not sequence.done:
+                keep.append(row)
+        for row in keep:  # n-gram guesses only for a sequence decoding alone (see _propose)
+            index = live[row]
+            _propose(sequences[index], prompts[index], settings, alone=len(keep) == 1)
+        chunks = [sequences[live[row]].feed + sequences[live[row]].proposal for row in keep]
+        if len(keep) < len(live):
+            if keep:
+                rows = torch.tensor(keep, dtype=torch.long, device=device)
+                cache.reorder_cache(rows)
+                attention, seen = attention[rows], seen[rows]
+            live = [live[row] for row in keep]
 
 
 def _accept(sequence: _Sequence, scores: numpy.ndarray, settings: _DecodeSettings) -> int:
@@ -387,7 +252,7 @@ def _propose(sequence: _Sequence, prompt: list[int], settings: _DecodeSettings, 
     """
     import numpy as np
 
-    size = min(settings.lookup, sequence.budget - len(sequence.ids) - 1)
+    size = min(settings.lookup, settings.max_new_tokens - len(sequence.ids) - 1)
     sequence.proposal = []
     if size <= 0 or not sequence.ids:
         return
@@ -414,7 +279,7 @@ def _propose(sequence: _Sequence, prompt: list[int], settings: _DecodeSettings, 
 
 def _after_token(sequence: _Sequence, settings: _DecodeSettings) -> None:
     """Append the run forced from the sequence's position, then settle whether it is done."""
-    cursor, budget = sequence.cursor, sequence.budget
+    cursor, budget = sequence.cursor, settings.max_new_tokens
     if settings.fast_forward and not cursor.is_terminal():
         forced = cursor.take_forced(budget - len(sequence.ids))
         sequence.ids.extend(forced)
