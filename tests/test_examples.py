@@ -233,3 +233,32 @@ def test_the_held_out_check_leaves_out_every_traced_text(tmp_path):
     assert len(calls) == 50
     assert not seen & {call["subject"] for call in calls}
     assert len({call["subject"] for call in calls}) == 50
+
+
+def test_docs_qa_agreement_scores_the_student_against_its_teacher(tmp_path, capsys, monkeypatch):
+    import json
+
+    spec = importlib.util.spec_from_file_location("docs_qa_agreement",
+                                                  EXAMPLES / "docs_qa" / "agreement.py")
+    agreement = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agreement)
+    assert agreement.token_f1("The base model is SmolLM2", "the base model is SmolLM2") == 1.0
+    assert agreement.token_f1("runs are kept in runs", "kept in runs") == pytest.approx(0.75)
+    assert agreement.token_f1("yes", "no") == 0.0 and agreement.token_f1("", "") == 1.0
+
+    version = tmp_path / "v0001"
+    version.mkdir()
+    def sample(question, expected, got):
+        return {"args": {"question": question}, "expected": {"answer": expected},
+                "got": None if got is None else {"answer": got}}
+
+    samples = [sample("Q1?", "a b", "a b"), sample("Q2?", "a b", "a"), sample("Q3?", "c", None)]
+    (version / "eval.json").write_text(json.dumps({"samples": samples}))
+    monkeypatch.setattr(agreement, "adapter_dir", lambda run: run)
+    monkeypatch.setattr(sys, "argv", ["agreement.py", "--run", str(version)])
+    agreement.main()
+    out = capsys.readouterr().out
+    assert "3 held-out questions, 2 answered" in out
+    assert "exact agreement with the teacher  33.3%" in out
+    assert "mean token F1 with the teacher    0.56" in out  # (1 + 2/3 + 0) / 3
+    assert "| Q3? | c | (no answer) | 0.00 |" in out
