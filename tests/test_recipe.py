@@ -68,7 +68,7 @@ def test_only_model_and_data_train_are_required_and_the_rest_defaults():
     assert recipe.data.eval_fraction == 0.1 and recipe.data.dedup is True
     assert (recipe.data.prompt_style, recipe.data.completion) == ("compact", "json")
     lora = recipe.lora
-    assert (lora.r, lora.alpha, lora.dropout, lora.target_modules) == (16, 32, 0.05, "all-linear")
+    assert (lora.r, lora.alpha, lora.dropout, lora.target_modules) == (16, 32, 0.0, "all-linear")
     train = recipe.train
     assert (train.epochs, train.max_steps, train.batch_size) == ("auto", None, 8)
     assert train.gradient_accumulation_steps == 1

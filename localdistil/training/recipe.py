@@ -8,7 +8,7 @@ A recipe starts with a comment giving the command that runs it::
       train: [traces/three_digit_multiply.jsonl]   # files or globs of records
       function: multiply                            # optional filter when files hold several
       eval_fraction: 0.1                            # or a separate eval file
-    lora: {r: 16, alpha: 32, dropout: 0.05, target_modules: all-linear}
+    lora: {r: 16, alpha: 32, dropout: 0.0, target_modules: all-linear}
     train: {epochs: 3, max_steps: null, batch_size: 8, learning_rate: 2.0e-4, max_length: 256}
     gate: {min_exact: 0.95, min_valid: 1.0, not_worse: true}   # when a new version is promoted
     output: {dir: runs/three_digit_multiply}
@@ -119,8 +119,11 @@ class LoraSection(_Section):
         "the LoRA rank, a positive integer; 8 to 64 is typical, larger learns more, slower"))
     alpha: int = Field(32, gt=0, description=(
         "LoRA scaling, a positive integer: updates are scaled by alpha / r (commonly 2 x r)"))
-    dropout: float = Field(0.05, ge=0, lt=1, description=(
-        "dropout on the adapter's input during training, 0 up to (not including) 1"))
+    dropout: float = Field(0.0, ge=0, lt=1, description=(
+        "dropout on the adapter's input during training, 0 up to (not including) 1; 0 by "
+        "default: on a CPU, the dropout of 210 adapters' inputs took 42 % of a step "
+        "(SmolLM2, batch 8 of 40 tokens: 2.23 s with 0.05, 1.29 s with 0), and distilled "
+        "functions, trained for about one pass, need no such regularisation"))
     target_modules: str | list[_Text] = Field("all-linear", description=(
         "the layers that get an adapter: all-linear (every linear layer but the output head) "
         "or a list of module names such as [q_proj, v_proj]"))
