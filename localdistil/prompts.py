@@ -166,20 +166,36 @@ def toolset_doc(tools: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: What follows a refused answer in a repair turn: the error, then the request to answer again.
+REPAIR_REQUEST = "Error: {error}\nCall the tools again, correctly."
+
+
+def repair_turns(repairs: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """The turns that feed refused answers back: for each ``{"output", "error"}``, the answer
+    as the assistant wrote it, then :data:`REPAIR_REQUEST` as the user's reply."""
+    turns = []
+    for repair in repairs:
+        turns.append({"role": "assistant", "content": repair["output"]})
+        turns.append({"role": "user", "content": REPAIR_REQUEST.format(error=repair["error"])})
+    return turns
+
+
 def render_toolset_messages(
     toolset_name: str,
     tools: Sequence[Mapping[str, Any]],
     user_message: str,
     style: str = "compact",
+    repairs: Sequence[Mapping[str, str]] = (),
 ) -> list[dict[str, str]]:
     """The prompt of one tool-set call: :func:`render_messages` of the call
     ``toolset_name(user_message=...)``, with :func:`toolset_signature` and :func:`toolset_doc`
-    as the signature and docstring. The dataset builder, dispatch and the server render it
-    through here (or through the same ``render_messages`` call, from a manifest)."""
+    as the signature and docstring, then the :func:`repair_turns` of answers refused before.
+    The dataset builder, dispatch and the server render it through here (or through the same
+    ``render_messages`` call, from a manifest)."""
     return render_messages(
         name=toolset_name,
         args={TOOLSET_PARAMETER: user_message},
         style=style,
         signature=toolset_signature(toolset_name),
         doc=toolset_doc(tools),
-    )
+    ) + repair_turns(repairs)

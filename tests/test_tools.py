@@ -82,8 +82,9 @@ def _manifest(toolset, tokenizer, model_dir, max_output_tokens=40):
 
 @pytest.fixture(scope="module")
 def adapters(tiny_model_dir, tmp_path_factory):
-    """``{"support": dir, "single": dir}``: untrained LoRA adapters on the tiny model with the
-    manifests of a parallel tool set and of one answering a single call."""
+    """``{"support": dir, "single": dir, "repairing": dir}``: untrained LoRA adapters on the
+    tiny model with the manifests of a parallel tool set, of one answering a single call, and of
+    the parallel one as if it had learnt from repair turns."""
     from peft import LoraConfig, get_peft_model
 
     from localdistil.models.adapter import write_manifest
@@ -94,11 +95,16 @@ def adapters(tiny_model_dir, tmp_path_factory):
     model = get_peft_model(load_causal_lm(tiny_model_dir),
                            LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
     found = {}
-    for toolset in (Toolset("support", TOOLS), Toolset("single", TOOLS, parallel=False)):
-        directory = found[toolset.name] = root / toolset.name
+    for key, toolset in (("support", Toolset("support", TOOLS)),
+                         ("single", Toolset("single", TOOLS, parallel=False)),
+                         ("repairing", Toolset("support", TOOLS))):
+        directory = found[key] = root / key
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
-        write_manifest(directory, _manifest(toolset, tokenizer, tiny_model_dir))
+        manifest = _manifest(toolset, tokenizer, tiny_model_dir)
+        if key == "repairing":  # as if its training data held repair turns
+            manifest = manifest.model_copy(update={"repair_examples": 3})
+        write_manifest(directory, manifest)
     return found
 
 
@@ -303,6 +309,10 @@ def test_train_dispatch_and_serve_render_the_same_prompt_tokens(adapters):
     served = call_prompt(engine, FunctionParameters("support", engine.manifest.signature),
                          {"user_message": message})
     assert dispatched == trained == served == engine.call_prompt({"user_message": message})
+    repairs = [{"output": '{"tool_calls":[]}', "error": "at least one call"}]
+    assert support.prompt(engine, message, repairs) == encode_prompt(
+        engine.tokenizer, render_toolset_messages("support", support.union.definitions, message,
+                                                  repairs=repairs))
 
 
 def test_dispatch_answers_valid_parallel_calls_and_runs_function_tools(adapters):
@@ -422,8 +432,10 @@ def test_refused_answers_fall_back_to_the_teacher_and_are_recorded(adapters, tmp
     assert [c.name for c in result.tool_calls] == ["lookup_order"]
     record = read_records(path, strict=True).records[-1]
     assert record.output["tool_calls"][0]["name"] == "lookup_order"
-    block = json.loads(path.read_text().splitlines()[-1])["localdistil"]
-    assert block["fallback"]["rejected"] == [result.attempts[0].text]
+    clean, repair = (json.loads(line)["localdistil"] for line in path.read_text().splitlines()[-2:])
+    assert clean["fallback"]["rejected"] == [result.attempts[0].text]
+    assert repair["repairs"] == [{"output": result.attempts[0].text,
+                                  "error": result.attempts[0].error}]
 
 
 def test_shadow_returns_the_teacher_and_records_agreement(adapters, tmp_path):
@@ -436,6 +448,106 @@ def test_shadow_returns_the_teacher_and_records_agreement(adapters, tmp_path):
     assert block["shadow"]["agree"] is False and block["shadow"]["model"]
     assert support.agreement.summary()["calls"] == 1
 
+
+
+
+# -- repair turns --------------------------------------------------------------------------------
+
+
+def test_a_log_with_a_refused_attempt_reads_as_a_repair(tmp_path):
+    """functioncalming's retries, as an OpenAI log: the refused calls, the tool message with the
+    error, then the clean calls."""
+    def call(name, arguments):
+        return {"id": name, "type": "function",
+                "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+    tools = [{"type": "function", "function": d} for d in ToolUnion("x", TOOLS).definitions]
+    line = {"tools": tools, "messages": [
+        {"role": "user", "content": "refund order 5, it is late"},
+        {"role": "assistant", "content": None,
+         "tool_calls": [call("Refund", {"order_id": 5, "reason": "slow"})]},
+        {"role": "tool", "tool_call_id": "Refund", "content": "Error: reason must be one of ..."},
+        {"role": "assistant", "content": None,
+         "tool_calls": [call("Refund", {"order_id": 5, "reason": "late"})]}]}
+    path = tmp_path / "retries.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    (record,) = read_records(path, strict=True).records
+    assert record.args == {"user_message": "refund order 5, it is late"}
+    assert record.output == {"tool_calls": [
+        {"name": "Refund", "arguments": {"order_id": 5, "reason": "late"}}]}
+    assert record.repairs == [{
+        "output": '{"tool_calls":[{"name":"Refund","arguments":{"order_id":5,"reason":"slow"}}]}',
+        "error": "Error: reason must be one of ..."}]
+
+
+def test_fallback_records_the_repair_turn_and_training_counts_it(adapters, tiny_model_dir,
+                                                                 tmp_path):
+    from localdistil.models.adapter import read_manifest
+    from localdistil.models.resolve import load_tokenizer
+    from localdistil.prompts import REPAIR_REQUEST
+    from localdistil.training.dataset import build_dataset, select_records
+    from localdistil.training.recipe import parse_recipe
+    from localdistil.training.train import train
+
+    path = tmp_path / "fallback.jsonl"
+    count = {"n": 0}
+
+    def teacher(messages):  # the tools refuse every call until the teacher is asked
+        count["n"] = 10**6
+        return route(messages)
+
+    for number in range(8):
+        count["n"] = 0
+        support = Toolset("support", _refusing_tools(10**6, count), teacher=teacher, path=path,
+                          on_invalid="fallback")
+        assert support.complete(f"order {number} please", model=adapters["support"]).success
+        support.close()
+    records = read_records(path, strict=True).records
+    assert len(records) == 16  # each call twice: as it is, and with the refused answer fed back
+    clean, repair = records[0], records[1]
+    assert clean.repairs == [] and clean.args == repair.args and clean.output == repair.output
+    assert repair.repairs[0]["error"] and repair.repairs[0]["output"].startswith("{")
+    line = json.loads(path.read_text().splitlines()[1])  # the OpenAI form shows the turns too
+    assert [m["role"] for m in line["messages"]] == ["user", "assistant", "user", "assistant"]
+
+    recipe = parse_recipe({"model": str(tiny_model_dir), "data": {
+        "train": [str(path)], "function": "support", "eval_fraction": 0.25},
+        "train": {"max_steps": 2, "batch_size": 4, "eval_samples": 0, "patience": None},
+        "gate": {"min_exact": 0.0, "min_valid": 0.0}, "output": {"dir": str(tmp_path / "run")}})
+    data = build_dataset(select_records(recipe), load_tokenizer(tiny_model_dir), recipe)
+    repaired = [row for row in data.train if row["repair_turns"]]
+    assert repaired and all(row["prompt"][-1]["content"].startswith(
+        REPAIR_REQUEST.split("{")[0]) for row in repaired)
+    result = train(recipe)
+    assert read_manifest(result.adapter_dir).repair_examples == len(repaired)
+
+
+def test_repair_is_offered_only_by_an_adapter_that_learnt_it(adapters):
+    support = Toolset("support", _refusing_tools(1), on_invalid="repair")
+    with pytest.raises(AdapterMismatchError, match="learnt from no such turn"):
+        support.complete("refund 4", model=adapters["support"])
+
+
+def test_repair_feeds_the_refused_answer_and_its_error_back(adapters):
+    from localdistil.inference.engine import Engine
+
+    support = Toolset("support", _refusing_tools(1), on_invalid="repair", retries=2)
+    fed = []
+    prompt = support.prompt
+
+    def spy(engine, user_message, repairs=()):
+        fed.append(list(repairs))
+        return prompt(engine, user_message, repairs)
+
+    support.prompt = spy
+    result = support.complete("refund 4", model=adapters["repairing"])
+    assert result.success and result.source == "model"
+    first, second = result.attempts[:2]
+    assert "not this time" in first.error
+    assert fed[:2] == [[], [{"output": first.text, "error": first.error}]]
+    engine = Engine.for_adapter(adapters["repairing"])
+    shown = engine.tokenizer.decode(prompt(engine, "refund 4", fed[1]))
+    assert first.text in shown and f"Error: {first.error}\n" in shown  # as training renders it
 
 
 # -- auto ----------------------------------------------------------------------------------------
@@ -532,7 +644,7 @@ def test_auto_falls_back_to_the_teacher_where_the_model_cannot_answer(adapters, 
     result = support.complete("order 8 please", mode="auto", model=run)
     assert result.success and result.source == "teacher"
     assert [c.name for c in result.tool_calls] == ["lookup_order"]
-    block = json.loads(traces.read_text())["localdistil"]
+    block = json.loads(traces.read_text().splitlines()[0])["localdistil"]
     assert len(block["fallback"]["rejected"]) == 2 and block["fallback"]["error"]
     assert "not this time" in result.attempts[0].error  # the model's first answer, refused
 

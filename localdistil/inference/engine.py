@@ -38,7 +38,7 @@ from pydantic import BaseModel, ValidationError
 from localdistil.errors import AdapterError
 from localdistil.models.adapter import MANIFEST_NAME, Manifest, adapter_dir
 from localdistil.models.versions import VERSIONS_SUBDIR
-from localdistil.prompts import encode_prompt, render_messages
+from localdistil.prompts import encode_prompt, render_messages, repair_turns
 
 if TYPE_CHECKING:
     from localdistil.inference.generate import GenerationResult
@@ -157,9 +157,11 @@ class Engine:
         """The token ids of a chat prompt, ending where the answer begins."""
         return encode_prompt(self.tokenizer, messages)
 
-    def call_prompt(self, args: Mapping[str, Any]) -> list[int]:
+    def call_prompt(self, args: Mapping[str, Any],
+                    repairs: Sequence[Mapping[str, str]] = ()) -> list[int]:
         """The prompt of one call of the adapter's function (bound, JSON-compatible arguments),
-        token for token as training rendered it.
+        token for token as training rendered it; for a tool set, ``repairs`` are answers refused
+        before (``{"output", "error"}``), fed back after the call as training showed them.
 
         Raises:
             ValueError: the engine serves a base model, which has no function to call.
@@ -169,7 +171,7 @@ class Engine:
             raise ValueError(f"{self.name} is a base model: render the prompt and call encode()")
         messages = render_messages(name=m.name, args=args, style=m.prompt_style,
                                    signature=m.signature, doc=m.doc)
-        return self.encode(messages)
+        return self.encode(messages + repair_turns(repairs))
 
     def grammar(self, schema: dict[str, Any]) -> JsonGrammar:
         """The output grammar of ``schema`` for this engine's tokenizer (built once, shared)."""

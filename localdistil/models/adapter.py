@@ -62,6 +62,10 @@ class Manifest(BaseModel):
     rendering: str = "canonical-compact-json"
     max_output_tokens: int
     """The longest answer seen in training, in tokens (dispatch derives its budget from it)."""
+    repair_examples: int = 0
+    """Training examples of a tool set that fed refused answers back (``Record.repairs``): a
+    tool set may feed errors back to the model (``on_invalid="repair"``) only if it learnt
+    from some."""
     recipe: dict[str, Any]
     metrics: dict[str, Any] = {}
     versions: dict[str, str] = {}

@@ -103,8 +103,12 @@ def _parse_toolset_chat(prompt: list[dict[str, Any]], tool_calls: list[dict[str,
     :data:`~localdistil.records.record.DEFAULT_MAX_CALLS`; so all records of one tool set group
     together, whatever the order of their ``tools``. When the prompt is one user message
     (system messages aside: a tool set's prompt has none), its text is the call's
-    ``user_message`` and the record is re-rendered like a traced tool-set call; otherwise it
-    keeps its recorded prompt (``args=None``).
+    ``user_message`` and the record is re-rendered like a traced tool-set call. When it is a
+    user message followed by refused attempts (an assistant's tool calls, then the tool
+    messages that answered them, as functioncalming's retries and OpenAI logs hold), the
+    attempts become the record's :attr:`~Record.repairs`: each attempt's calls as the model
+    writes them, and the tool messages' text as the error. Otherwise it keeps its recorded
+    prompt (``args=None``).
     """
     calls = []
     for index, tool_call in enumerate(tool_calls):
@@ -124,17 +128,54 @@ def _parse_toolset_chat(prompt: list[dict[str, Any]], tool_calls: list[dict[str,
         raise RecordError(f"the assistant calls {unknown[0]!r}, which is not among the tools "
                           f"({', '.join(names)})")
     name = re.sub(r"\W", "_", "_".join(names))
-    users = [m for m in prompt if m.get("role") == "user"]
-    others = [m for m in prompt if m.get("role") not in ("user", "system")]
-    args = None
-    if len(users) == 1 and not others and isinstance(users[0].get("content"), str):
-        args = {TOOLSET_PARAMETER: users[0]["content"]}
+    turns = [m for m in prompt if m.get("role") != "system"]
+    args, repairs = None, []
+    if turns and turns[0].get("role") == "user" and isinstance(turns[0].get("content"), str):
+        found = _attempts(turns[1:])
+        if found is not None:
+            args, repairs = {TOOLSET_PARAMETER: turns[0]["content"]}, found
     return Record(
         function=name, name=name, args=args, output={"tool_calls": calls},
         output_schema=toolset_schema(name, tools) if tools else None,
         signature=toolset_signature(name), doc=toolset_doc(tools or [{"name": n} for n in names]),
-        prompt=prompt, tools=tools or [{"name": n} for n in names], source_format="openai",
+        prompt=prompt, tools=tools or [{"name": n} for n in names], repairs=repairs,
+        source_format="openai",
     )
+
+
+def _attempts(turns: list[dict[str, Any]]) -> list[dict[str, str]] | None:
+    """The refused attempts of a chat after its user message, as repairs; ``None`` when the
+    turns are anything else than assistant tool calls each answered by tool messages."""
+    repairs: list[dict[str, str]] = []
+    index = 0
+    while index < len(turns):
+        answer = turns[index]
+        calls = answer.get("tool_calls") if answer.get("role") == "assistant" else None
+        if not calls:
+            return None
+        index += 1
+        errors = []
+        while index < len(turns) and turns[index].get("role") == "tool":
+            errors.append(str(turns[index].get("content") or ""))
+            index += 1
+        if not errors:
+            return None
+        written = [{"name": (c.get("function") or {}).get("name"),
+                    "arguments": _arguments_text(c)} for c in calls]
+        output = "{\"tool_calls\":[" + ",".join(
+            f'{{"name":{json.dumps(w["name"])},"arguments":{w["arguments"]}}}'
+            for w in written) + "]}"
+        repairs.append({"output": output, "error": "\n".join(errors)})
+    return repairs
+
+
+def _arguments_text(call: dict[str, Any]) -> str:
+    """A refused call's arguments as written (compact JSON where they parse)."""
+    text = (call.get("function") or {}).get("arguments") or "{}"
+    try:
+        return json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
+    except json.JSONDecodeError:
+        return json.dumps(text)  # not JSON: kept, as a string, so the turn stays readable
 
 
 def parse_instructor_raw(obj: dict[str, Any]) -> Record:

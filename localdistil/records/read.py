@@ -162,8 +162,20 @@ def _parse_localdistil(obj: dict[str, Any]) -> Record:
         fingerprint=block.get("fingerprint"), schema_hash=block.get("schema_hash"),
         id=block.get("id"),
         ts=block.get("ts"), duration_s=block.get("duration_s"), extra=block.get("extra") or {},
-        tools=_toolset_tools(block, obj), source_format="localdistil",
+        tools=_toolset_tools(block, obj), repairs=_repairs(block.get("repairs")),
+        source_format="localdistil",
     )
+
+
+def _repairs(value: Any) -> list[dict[str, str]]:
+    """A record's repair turns, checked: a list of ``{"output": str, "error": str}``."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(
+            isinstance(item, dict) and isinstance(item.get("output"), str)
+            and isinstance(item.get("error"), str) for item in value):
+        raise RecordError('"repairs" must be a list of {"output": text, "error": text}')
+    return [{"output": item["output"], "error": item["error"]} for item in value]
 
 
 def _toolset_tools(block: dict[str, Any], obj: dict[str, Any]) -> list[dict[str, Any]] | None:

@@ -52,6 +52,10 @@ class Record(BaseModel):
     tools: list[dict[str, Any]] | None = None
     """A tool-set record's tools (``{"name", "description", "parameters"}``); ``None`` for a
     function's record."""
+    repairs: list[dict[str, str]] = []
+    """A tool-set record of a repair: the answers refused before this one's ``output``, each
+    ``{"output": text, "error": why}``, which its prompt shows (see
+    :func:`localdistil.prompts.repair_turns`)."""
     source_format: Literal["localdistil", "instructor", "instructor-raw", "openai"]
     path: str | None = None
     line: int | None = None
@@ -59,6 +63,8 @@ class Record(BaseModel):
     def input_key(self) -> str:
         """Canonical text of the input, equal for identical calls: used to deduplicate."""
         if self.args is not None:
+            if self.repairs:
+                return canonical_json([self.name, self.args, self.repairs])
             return canonical_json([self.name, self.args])
         return canonical_json(self.prompt)
 

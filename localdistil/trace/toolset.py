@@ -18,8 +18,12 @@ Modes (each a small function below):
 ``dispatch``
     the adapter answers under the union grammar (:mod:`localdistil.inference.tools`); an answer
     the tools refuse goes to ``on_invalid``: ``"resample"`` (up to ``retries`` samples, each
-    unlike the refused ones), ``"fallback"`` (the teacher answers, and the call is recorded as a
-    new example) or ``"raise"`` (:class:`~localdistil.errors.ToolCallError`).
+    unlike the refused ones), ``"repair"`` (up to ``retries`` times, the refused answer and the
+    error are fed back to the model, which answers again: offered only by an adapter that learnt
+    from such repair turns, :attr:`~localdistil.records.Record.repairs`), ``"fallback"`` (the
+    teacher answers, and the call is recorded as a new example, and once more with the model's
+    refused answer fed back, as a repair turn to learn from) or ``"raise"``
+    (:class:`~localdistil.errors.ToolCallError`).
 ``shadow``
     the teacher answers and is returned (and recorded); the model answers too, without running
     any function, and whether the two agree (the same calls in any order) is recorded in the
@@ -57,6 +61,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from localdistil.errors import AdapterMismatchError, ToolCallError, TraceError, TraceWarning
 from localdistil.inference.agreement import Agreement, Comparison
 from localdistil.inference.tools import (
+    Answered,
     Attempt,
     ToolCall,
     ToolsetResult,
@@ -66,6 +71,7 @@ from localdistil.inference.tools import (
 from localdistil.prompts import (
     PROMPT_VERSION,
     TOOLSET_PARAMETER,
+    repair_turns,
     toolset_doc,
     toolset_signature,
 )
@@ -77,14 +83,13 @@ from localdistil.trace.sinks import HandlerSink, JsonlSink
 
 if TYPE_CHECKING:
     from localdistil.inference.engine import Engine
-    from localdistil.inference.tools import Answered
 
 Teacher = Callable[[list[dict[str, Any]]], Sequence[Any]]
 Mode = Literal["trace", "dispatch", "shadow", "auto"]
 #: What ``mode`` accepts.
 MODES = ("trace", "dispatch", "shadow", "auto")
 #: What ``on_invalid`` accepts.
-ON_INVALID = ("resample", "fallback", "raise")
+ON_INVALID = ("resample", "repair", "fallback", "raise")
 
 
 class Toolset:
@@ -105,8 +110,10 @@ class Toolset:
             ``shadow``; the run directory for ``auto``.
         path: a JSONL file to append records to (safe with many threads and processes).
         log_handlers: ``logging.Handler`` objects that receive each record line.
-        on_invalid: ``"resample"``, ``"fallback"`` or ``"raise"`` (see the module docstring).
-        retries: how many samples ``"resample"`` tries after the first answer.
+        on_invalid: ``"resample"``, ``"repair"``, ``"fallback"`` or ``"raise"`` (see the
+            module docstring).
+        retries: how many samples ``"resample"`` tries after the first answer (how many
+            answers ``"repair"`` feeds back).
         strict: raise :class:`~localdistil.errors.TraceError` when a record cannot be written
             (or ``auto``'s state file cannot be read or written), instead of warning.
         policy: when ``auto`` hands calls to the model and takes them back (the thresholds of
@@ -178,9 +185,9 @@ class Toolset:
         Raises:
             ValueError: no model given.
         """
-        return RouterStats(self.router(model))
+        return RouterStats(self._router(model))
 
-    def router(self, model: str | os.PathLike[str] | None) -> Router[Engine]:
+    def _router(self, model: str | os.PathLike[str] | None) -> Router[Engine]:
         """The router that follows the run at ``model`` for ``auto`` (one per run)."""
         model = model or self.model
         if model is None:
@@ -191,10 +198,10 @@ class Toolset:
         if router is None:
             router = self._routers.setdefault(key, Router(
                 key, self.name, self.policy, lambda version, path: self.engine(path),
-                self.report))
+                self._report))
         return router
 
-    def report(self, message: str, exc: BaseException) -> None:
+    def _report(self, message: str, exc: BaseException) -> None:
         """A problem on the model's side that the caller need not see: a
         :class:`~localdistil.errors.TraceWarning`, or :class:`~localdistil.errors.TraceError` when
         strict."""
@@ -235,10 +242,12 @@ class Toolset:
                 "this tool set and train again.", path=engine.path, changes=changes)
         return engine
 
-    def prompt(self, engine: Engine, user_message: str) -> list[int]:
+    def prompt(self, engine: Engine, user_message: str,
+               repairs: Sequence[Mapping[str, str]] = ()) -> list[int]:
         """The prompt's token ids, rendered from the adapter's manifest exactly as its training
-        rendered it (so a tool whose docstring changed since cannot change the prompt)."""
-        return engine.call_prompt({TOOLSET_PARAMETER: user_message})
+        rendered it (so a tool whose docstring changed since cannot change the prompt), with
+        the answers refused before fed back (``{"output", "error"}``)."""
+        return engine.call_prompt({TOOLSET_PARAMETER: user_message}, repairs)
 
     def ask_teacher(self, user_message: str, teacher: Teacher | None,
                     ) -> tuple[list[ToolCall], list[Any], Attempt]:
@@ -291,6 +300,7 @@ class Toolset:
         }
         return {
             "messages": [{"role": "user", "content": user_message},
+                         *repair_turns(block.get("repairs") or ()),
                          {"role": "assistant", "content": None,
                           "tool_calls": [call.to_openai() for call in calls]}],
             "tools": [{"type": "function", "function": d} for d in union.definitions],
@@ -333,21 +343,52 @@ def _dispatch(toolset: Toolset, user_message: str, model: Any, teacher: Teacher 
 
 
 def _model_answer(toolset: Toolset, engine: Engine, user_message: str) -> Answered:
-    """The model's calls, validated and executed; refused ones resampled per ``on_invalid``."""
+    """The model's calls, validated and executed; refused ones resampled or repaired per
+    ``on_invalid``.
+
+    Raises:
+        AdapterMismatchError: ``on_invalid="repair"`` with an adapter that learnt no repair.
+    """
     from localdistil.inference.tools import answer_with_model
 
-    resamples = toolset.retries if toolset.on_invalid == "resample" else 0
-    return answer_with_model(engine, toolset.union, toolset.prompt(engine, user_message),
-                             resamples=resamples)
+    if toolset.on_invalid != "repair":
+        resamples = toolset.retries if toolset.on_invalid == "resample" else 0
+        return answer_with_model(engine, toolset.union, toolset.prompt(engine, user_message),
+                                 resamples=resamples)
+    manifest = engine.manifest
+    if manifest is None or not manifest.repair_examples:
+        raise AdapterMismatchError(
+            f"tool set {toolset.name}: on_invalid='repair' feeds refused answers back to the "
+            f"model, and the adapter at {engine.path} learnt from no such turn (no training "
+            "record had repairs). Use on_invalid='resample' or 'fallback' (which records the "
+            "repair turns a later training learns from).", path=engine.path,
+            changes={"repair_examples": (0, "at least 1")})
+    attempts, repairs = [], []
+    for _ in range(toolset.retries + 1):
+        answered = answer_with_model(engine, toolset.union,
+                                     toolset.prompt(engine, user_message, repairs))
+        attempts += answered.attempts
+        if answered.ok:
+            return Answered(answered.calls, answered.results, attempts)
+        refused = answered.attempts[-1]
+        repairs.append({"output": refused.text or "", "error": refused.error or ""})
+    return Answered(None, [], attempts)
 
 
 def _fallback(toolset: Toolset, user_message: str, teacher: Teacher | None,
               rejected: Sequence[Attempt], error: str | None) -> ToolsetResult:
-    """The teacher answers where the model could not; recorded as a new example."""
+    """The teacher answers where the model could not; recorded as a new example, and again
+    with the model's first refused answer fed back (a repair turn, for ``"repair"`` to learn
+    from)."""
     started = time.perf_counter()
     calls, results, attempt = toolset.ask_teacher(user_message, teacher)
-    toolset.record(user_message, calls, time.perf_counter() - started,
+    duration = time.perf_counter() - started
+    toolset.record(user_message, calls, duration,
                    {"fallback": {"rejected": [a.text for a in rejected], "error": error}})
+    first = next((a for a in rejected if a.text is not None and a.error), None)
+    if first is not None:
+        toolset.record(user_message, calls, duration,
+                       {"repairs": [{"output": first.text, "error": first.error}]})
     return build_result(user_message, [*rejected, attempt], calls, results, "teacher")
 
 
@@ -385,7 +426,7 @@ def _compare(toolset: Toolset, user_message: str, teacher: Teacher | None,
 
 def _auto(toolset: Toolset, user_message: str, model: Any, teacher: Teacher | None
           ) -> ToolsetResult:
-    router = toolset.router(model)
+    router = toolset._router(model)
     if router.due:
         router.look()
     route, view = router.current()
@@ -395,7 +436,7 @@ def _auto(toolset: Toolset, user_message: str, model: Any, teacher: Teacher | No
         try:
             answered = _model_answer(toolset, route.answerer, user_message)
         except Exception as exc:  # the model's side never breaks the caller
-            toolset.report(f"localdistil auto: the model could not answer tool set "
+            toolset._report(f"localdistil auto: the model could not answer tool set "
                            f"{toolset.name} ({exc}); the teacher answered.", exc)
             return _fallback(toolset, user_message, teacher, [], repr(exc))
         if answered.ok:

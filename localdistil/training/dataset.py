@@ -245,7 +245,7 @@ def render_record(record: Record, style: str) -> list[dict[str, Any]]:
     if record.is_toolset:  # a tool set: the prompt its dispatch renders (the list of calls is
         # the record's output, trained as is: render_completion writes it name first)
         return render_toolset_messages(record.name, record.tools or [],
-                                       record.args[TOOLSET_PARAMETER], style)
+                                       record.args[TOOLSET_PARAMETER], style, record.repairs)
     return render_messages(
         name=record.name, args=record.args, style=style, signature=record.signature, doc=record.doc
     )
@@ -279,6 +279,7 @@ def build_dataset(selection: Selection, tokenizer: Any, recipe: Recipe) -> Train
                 "labels": [-100] * len(prompt_ids) + completion_ids,
                 "prompt_length": len(prompt_ids),
                 "completion_length": len(completion_ids),
+                "repair_turns": len(record.repairs),
                 "args": canonical_json(record.args) if record.args is not None else None,
                 "output": canonical_json(record.output),
             })

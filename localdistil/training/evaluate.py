@@ -72,7 +72,8 @@ def evaluate(adapter: str | Path, records: Sequence[Record], *, batch_size: int 
     for start in range(0, len(usable), batch_size):
         batch = usable[start:start + batch_size]
         began = time.perf_counter()
-        outcomes = engine.answer([engine.call_prompt(r.args) for r in batch], schema=schema,
+        prompts = [engine.call_prompt(r.args, r.repairs) for r in batch]
+        outcomes = engine.answer(prompts, schema=schema,
                                  max_new_tokens=max_new_tokens)
         latencies += [time.perf_counter() - began] * len(batch)
         for record, outcome in zip(batch, outcomes):

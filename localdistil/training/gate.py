@@ -261,7 +261,8 @@ class AccuracyCallback:
                             manifest=self.manifest)
             for start in range(0, len(self.records), size):
                 batch = self.records[start:start + size]
-                outcomes = engine.answer([engine.call_prompt(r.args) for r in batch], schema=schema)
+                prompts = [engine.call_prompt(r.args, r.repairs) for r in batch]
+                outcomes = engine.answer(prompts, schema=schema)
                 for record, outcome in zip(batch, outcomes):
                     valid += outcome.ok
                     agreement.add(compare_outputs(record.output, outcome.value))

@@ -304,6 +304,7 @@ def _manifest(recipe: Recipe, model_path: Path, tokenizer: Any, data: TrainingDa
         prompt_style=recipe.data.prompt_style,
         prompt_version=PROMPT_VERSION,
         max_output_tokens=max(data.train["completion_length"]),
+        repair_examples=sum(1 for turns in data.train["repair_turns"] if turns),
         recipe=recipe.as_dict(),
         versions=library_versions(),
     )
