@@ -160,22 +160,21 @@ def _attempts(turns: list[dict[str, Any]]) -> list[dict[str, str]] | None:
             index += 1
         if not errors:
             return None
-        written = [{"name": (c.get("function") or {}).get("name"),
-                    "arguments": _arguments_text(c)} for c in calls]
-        output = "{\"tool_calls\":[" + ",".join(
-            f'{{"name":{json.dumps(w["name"])},"arguments":{w["arguments"]}}}'
-            for w in written) + "]}"
-        repairs.append({"output": output, "error": "\n".join(errors)})
+        written = [{"name": (c.get("function") or {}).get("name"), "arguments": _arguments(c)}
+                   for c in calls]
+        repairs.append({"output": json.dumps({"tool_calls": written}, separators=(",", ":"),
+                                             ensure_ascii=False),
+                        "error": "\n".join(errors)})
     return repairs
 
 
-def _arguments_text(call: dict[str, Any]) -> str:
-    """A refused call's arguments as written (compact JSON where they parse)."""
+def _arguments(call: dict[str, Any]) -> Any:
+    """A refused call's arguments: the JSON they hold, or their text where it is not JSON."""
     text = (call.get("function") or {}).get("arguments") or "{}"
     try:
-        return json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
+        return json.loads(text)
     except json.JSONDecodeError:
-        return json.dumps(text)  # not JSON: kept, as a string, so the turn stays readable
+        return text
 
 
 def parse_instructor_raw(obj: dict[str, Any]) -> Record:
