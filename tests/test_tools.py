@@ -662,11 +662,13 @@ def test_auto_keeps_tracing_with_an_adapter_of_other_tools(adapters, tmp_path):
 
 @pytest.fixture(scope="module")
 def server(adapters):
-    """The server in-process on 127.0.0.1 (a free port) serving the ``support`` tool set."""
+    """The server in-process on 127.0.0.1 (a free port) serving the ``support`` tool set, and
+    as ``repairing`` the adapter that learnt repair turns."""
     from localdistil.serve import create_app, load_served
 
-    app = create_app(load_served([str(adapters["support"])]), api_key=API_KEY, max_batch=4,
-                     batch_wait_ms=5)
+    app = create_app(load_served([str(adapters["support"]),
+                                  f"repairing={adapters['repairing']}"]),
+                     api_key=API_KEY, max_batch=4, batch_wait_ms=5)
     with running(app) as url:
         yield url
 
@@ -719,3 +721,28 @@ def test_the_server_answers_a_tool_set_with_several_tool_calls(server):
         assert [(p["name"], json.loads(p["arguments"])) for p in pieces.values()] == [
             (c.function.name, json.loads(c.function.arguments)) for c in calls]
 
+
+
+def test_the_server_feeds_a_retry_back_to_a_tool_set_that_learnt_repairs(server, adapters):
+    """functioncalming retries with the refused calls and the tool's error in the history: a
+    tool set that learnt repair turns sees them as training showed them; one that did not
+    answers the user's message alone."""
+    from openai import OpenAI
+
+    from localdistil.inference.engine import Engine
+
+    refused = {"id": "c1", "type": "function",
+               "function": {"name": "Refund", "arguments": '{"order_id":4,"reason":"late"}'}}
+    history = [{"role": "user", "content": "refund 4"},
+               {"role": "assistant", "content": None, "tool_calls": [refused]},
+               {"role": "tool", "tool_call_id": "c1", "content": "Error: order 4 was not late"}]
+    repairs = [{"output": '{"tool_calls":[{"name":"Refund","arguments":'
+                          '{"order_id":4,"reason":"late"}}]}',
+                "error": "Error: order 4 was not late"}]
+    support = Toolset("support", TOOLS)
+    with OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0, timeout=60) as client:
+        for name, fed in (("repairing", repairs), ("support", [])):
+            engine = Engine.for_adapter(adapters[name])
+            response = client.chat.completions.create(model=name, messages=history,
+                                                      tools=_openai_tools(TOOLS))
+            assert response.usage.prompt_tokens == len(support.prompt(engine, "refund 4", fed))

@@ -131,7 +131,7 @@ def _parse_toolset_chat(prompt: list[dict[str, Any]], tool_calls: list[dict[str,
     turns = [m for m in prompt if m.get("role") != "system"]
     args, repairs = None, []
     if turns and turns[0].get("role") == "user" and isinstance(turns[0].get("content"), str):
-        found = _attempts(turns[1:])
+        found = refused_attempts(turns[1:])
         if found is not None:
             args, repairs = {TOOLSET_PARAMETER: turns[0]["content"]}, found
     return Record(
@@ -143,9 +143,11 @@ def _parse_toolset_chat(prompt: list[dict[str, Any]], tool_calls: list[dict[str,
     )
 
 
-def _attempts(turns: list[dict[str, Any]]) -> list[dict[str, str]] | None:
-    """The refused attempts of a chat after its user message, as repairs; ``None`` when the
-    turns are anything else than assistant tool calls each answered by tool messages."""
+def refused_attempts(turns: list[dict[str, Any]]) -> list[dict[str, str]] | None:
+    """The refused attempts of a chat after its user message, as
+    :attr:`~localdistil.records.record.Record.repairs`; ``None`` when the turns are anything
+    else than assistant tool calls each answered by tool messages. The reader and the server
+    (a client's retry, e.g. functioncalming's) read them through here."""
     repairs: list[dict[str, str]] = []
     index = 0
     while index < len(turns):

@@ -42,7 +42,13 @@ from localdistil.errors import LocaldistilError
 from localdistil.inference.engine import Outcome
 from localdistil.records.record import output_calls, toolset_info
 from localdistil.serve.batcher import Decode
-from localdistil.serve.functions import ArgumentError, call_prompt, message_text, request_arguments
+from localdistil.serve.functions import (
+    ArgumentError,
+    call_prompt,
+    message_text,
+    request_arguments,
+    request_repairs,
+)
 from localdistil.serve.protocol import (
     APIError,
     ChatCompletion,
@@ -160,7 +166,8 @@ def _plan_adapter(served: ServedModel, loaded: Loaded, request: ChatCompletionRe
     function, schema = loaded.function, loaded.schema
     if function is None or schema is None:  # the caller routes base models elsewhere
         raise ValueError(f"{served.name} serves no function")
-    if toolset_info(schema) is not None:  # a tool set: the answer is tool calls
+    is_toolset = toolset_info(schema) is not None
+    if is_toolset:  # a tool set: the answer is tool calls
         tools = _tools(request)
         forced = _forced(request, tools) if tools else None
         try:
@@ -172,10 +179,14 @@ def _plan_adapter(served: ServedModel, loaded: Loaded, request: ChatCompletionRe
         tool = _adapter_tool(served, schema, request)
     if tool is None:
         _check_response_format(served, schema, request)
+    manifest = loaded.engine.manifest
+    repairs = []  # a retry's refused calls, fed back where the tool set learnt from such turns
+    if is_toolset and manifest is not None and manifest.repair_examples:
+        repairs = request_repairs(request.messages)
     try:
         arguments = request_arguments(function, request.messages, request.arguments)
         with _RENDERING:
-            prompt = call_prompt(loaded.engine, function, arguments)
+            prompt = call_prompt(loaded.engine, function, arguments, repairs)
     except ArgumentError as error:
         raise APIError(400, f"{served.name}: {error}", param=error.param) from None
     except (TypeError, ValueError) as error:  # a value with no JSON rendering

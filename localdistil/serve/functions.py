@@ -118,16 +118,31 @@ class FunctionParameters:
         return bound
 
 
-def call_prompt(engine: Any, function: FunctionParameters,
-                arguments: Mapping[str, Any]) -> list[int]:
-    """The prompt token ids of one call: ``engine.call_prompt`` of the bound arguments, the
-    rendering dispatch and training use. The route calls this, and tests compare its result
-    with in-process dispatch's.
+def call_prompt(engine: Any, function: FunctionParameters, arguments: Mapping[str, Any],
+                repairs: Sequence[Mapping[str, str]] = ()) -> list[int]:
+    """The prompt token ids of one call: ``engine.call_prompt`` of the bound arguments (and,
+    for a tool set, the refused answers fed back), the rendering dispatch and training use.
+    The route calls this, and tests compare its result with in-process dispatch's.
 
     Raises:
         ArgumentError: the arguments do not fit the function.
     """
-    return engine.call_prompt(function.bind(arguments))
+    return engine.call_prompt(function.bind(arguments), repairs)
+
+
+def request_repairs(messages: Sequence[Any]) -> list[dict[str, str]]:
+    """A client's retry of a tool-set call (functioncalming's, say): the assistant tool calls
+    after the last user message, each answered by tool messages holding the error, as
+    repairs; ``[]`` when the messages end with the user's."""
+    from localdistil.records.foreign import refused_attempts
+
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+    if last_user is None:
+        return []
+    turns = [m.model_dump(exclude_none=True) for m in messages[last_user + 1:]]
+    for turn in turns:
+        turn["content"] = message_text(turn.get("content")) if turn.get("content") else None
+    return refused_attempts(turns) or []
 
 
 def message_text(content: Any) -> str:
