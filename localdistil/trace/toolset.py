@@ -58,7 +58,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from localdistil.errors import AdapterMismatchError, ToolCallError, TraceError, TraceWarning
+from localdistil.errors import (
+    AdapterMismatchError,
+    LocaldistilError,
+    ToolCallError,
+    TraceError,
+    TraceWarning,
+)
 from localdistil.inference.agreement import Agreement, Comparison
 from localdistil.inference.tools import (
     Answered,
@@ -435,9 +441,10 @@ def _auto(toolset: Toolset, user_message: str, model: Any, teacher: Teacher | No
     if view.phase == "dispatch" and toolset._sampler.random() >= toolset.policy.monitor_rate:
         try:
             answered = _model_answer(toolset, route.answerer, user_message)
-        except Exception as exc:  # the model's side never breaks the caller
+        except LocaldistilError as exc:  # the model's side never breaks the caller (a function
+            # tool's own exception passes through, as in dispatch)
             toolset._report(f"localdistil auto: the model could not answer tool set "
-                           f"{toolset.name} ({exc}); the teacher answered.", exc)
+                            f"{toolset.name} ({exc}); the teacher answered.", exc)
             return _fallback(toolset, user_message, teacher, [], repr(exc))
         if answered.ok:
             return build_result(user_message, answered.attempts, answered.calls,
