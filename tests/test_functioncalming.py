@@ -76,9 +76,9 @@ def server(smollm2_path, tmp_path_factory):
     toolset.close()
     run = root / "run"
     train(parse_recipe({
-        "model": str(smollm2_path), "data": {"train": [str(traces)], "eval_fraction": 0.1},
+        "model": str(smollm2_path), "data": {"train": [str(traces)], "eval_fraction": 0},
         "train": {"max_steps": 12, "batch_size": 4, "learning_rate": 2e-3, "warmup_ratio": 0,
-                  "patience": None},
+                  "eval_samples": 0, "patience": None},  # the client's answers are the test
         "gate": {"min_exact": 0.0, "min_valid": 0.0}, "output": {"dir": str(run)}}))
     app = create_app(load_served([str(run)]), api_key=API_KEY, max_batch=4, batch_wait_ms=5)
     with running(app) as url:
