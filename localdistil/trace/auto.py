@@ -179,8 +179,9 @@ class Router(Generic[Answerer]):
             answerer = self._load_answerer(version, _version_path(self.run, version))
         except LocaldistilError as exc:
             self._refused = version
-            self._report(f"localdistil auto: {self.name} keeps running the function: the "
-                         f"adapter {version} at {self.run} cannot answer for it. {exc}", exc)
+            self._report(f"localdistil auto: {self.name} keeps tracing (the function, or a tool "
+                         f"set's teacher, answers): the adapter {version} at {self.run} cannot "
+                         f"answer for it. {exc}", exc)
             return None
         self._refused = None
         return Route(version, answerer)
