@@ -515,6 +515,7 @@ def test_fallback_records_the_repair_turn_and_training_counts_it(adapters, tiny_
         "train": {"max_steps": 2, "batch_size": 4, "eval_samples": 0, "patience": None},
         "gate": {"min_exact": 0.0, "min_valid": 0.0}, "output": {"dir": str(tmp_path / "run")}})
     data = build_dataset(select_records(recipe), load_tokenizer(tiny_model_dir), recipe)
+    assert not {row["args"] for row in data.train} & {row["args"] for row in data.eval}
     repaired = [row for row in data.train if row["repair_turns"]]
     assert repaired and all(row["prompt"][-1]["content"].startswith(
         REPAIR_REQUEST.split("{")[0]) for row in repaired)

@@ -184,6 +184,12 @@ def select_records(recipe: Recipe) -> Selection:
                 "Trace more calls, or set data.eval_fraction: 0."
             )
         eval_records, current = current[:held_out], current[held_out:]
+    if data.dedup:  # a held-out call is not trained in another form either (a tool set's call,
+        # with a refused answer fed back, is another input of the same call)
+        held = {_call_key(r) for r in eval_records}
+        before = len(current)
+        current = [r for r in current if _call_key(r) not in held]
+        duplicates += before - len(current)
 
     return Selection(
         function=_function_info(newest),
@@ -192,6 +198,12 @@ def select_records(recipe: Recipe) -> Selection:
         old_schema=old_schema, duplicates=duplicates, over_limit=over_limit,
         prompt_only=prompt_only_records(current + eval_records),
     )
+
+
+def _call_key(record: Record) -> str:
+    """The call a record answers, whatever was fed back before its answer."""
+    return record.input_key() if record.args is None else canonical_json([record.name,
+                                                                          record.args])
 
 
 def prompt_only_records(records: list[Record]) -> list[RecordProblem]:
