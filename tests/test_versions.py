@@ -36,7 +36,8 @@ from localdistil.models.versions import (
     rollback,
     writing_version,
 )
-from localdistil.training.gate import Evaluation, judge, stop_reason, time_to_gate
+from localdistil.training.accuracy import Evaluation, stop_reason, time_to_gate
+from localdistil.training.gate import judge
 from localdistil.training.recipe import parse_recipe
 
 ADAPTER_FILES = (MANIFEST_NAME, "adapter_config.json", "adapter_model.safetensors")
@@ -281,7 +282,7 @@ def test_held_out_calls_are_answered_by_an_fp32_merged_copy_on_a_cpu(tiny_model_
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from localdistil.training.gate import answering_model
+    from localdistil.training.accuracy import answering_model
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -428,14 +429,14 @@ def test_the_version_written_is_the_best_state_seen(tiny_model_dir, traced_multi
     weights of step 4 (its checkpoint's), not those of the last step."""
     from safetensors.torch import load_file
 
-    from localdistil.training import gate
+    from localdistil.training import accuracy
     from localdistil.training.train import train
 
     def measure(self, model, step, eval_loss):
         return Evaluation(step=step, exact_match=1.0 if step == 4 else 0.5, valid_rate=1.0,
                           fields={}, eval_loss=eval_loss, time_s=0.1)
 
-    monkeypatch.setattr(gate.AccuracyCallback, "_measure", measure)
+    monkeypatch.setattr(accuracy.AccuracyCallback, "_measure", measure)
     recipe = {"model": str(tiny_model_dir),
               "data": {"train": [str(traced_multiply[0])], "eval_fraction": 0.125},
               "train": {"max_steps": 12, "batch_size": 4, "learning_rate": 1e-2,
@@ -452,5 +453,5 @@ def test_the_version_written_is_the_best_state_seen(tiny_model_dir, traced_multi
     assert all((kept[k] == at_4[k]).all() for k in kept)
     assert any(not (kept[k] == at_12[k]).all() for k in kept)
     # the best state is kept in each checkpoint, so --resume keeps it too
-    best = load_file(str(checkpoints / "checkpoint-12" / gate.BEST_STATE_NAME))
+    best = load_file(str(checkpoints / "checkpoint-12" / accuracy.BEST_STATE_NAME))
     assert best.keys() == at_4.keys() and all((best[k] == at_4[k]).all() for k in best)

@@ -14,7 +14,7 @@ The run's output directory (``output.dir``)::
 Each training of the same ``output.dir`` writes a new version; ``--overwrite`` deletes the run
 directory first (every version with it) and ``--resume`` continues the latest training from its
 checkpoints (a training that is not resumed starts afresh and removes them). During training the
-held-out calls are answered every ``train.eval_every`` steps (:mod:`localdistil.training.gate`):
+held-out calls are answered every ``train.eval_every`` steps (:mod:`localdistil.training.accuracy`):
 the version written is the best state by held-out exact match, and training stops early as
 ``train.patience`` says. The new version is then evaluated on up to ``train.eval_samples``
 held-out calls and judged by the recipe's ``gate:``, on the same calls as the promoted version
@@ -71,6 +71,7 @@ from localdistil.models.versions import (
     writing_version,
 )
 from localdistil.prompts import PROMPT_VERSION
+from localdistil.training.accuracy import time_to_gate
 from localdistil.training.choices import (
     choose_learning_rate,
     choose_precision,
@@ -82,14 +83,13 @@ from localdistil.training.gate import (
     GateVerdict,
     current_version,
     evaluate_and_judge,
-    time_to_gate,
     verdict_message,
 )
 from localdistil.training.metrics import plot_losses, run_metrics
 
 if TYPE_CHECKING:
     from localdistil.records import Record
-    from localdistil.training.gate import AccuracyCallback
+    from localdistil.training.accuracy import AccuracyCallback
     from localdistil.training.recipe import Recipe
 
 CHECKPOINTS_SUBDIR = "checkpoints"
@@ -317,7 +317,7 @@ def _watch(recipe: Recipe, trainer: Any, held_out: list[Record], tokenizer: Any,
     None without held-out calls (or without a held-out loss to rank ties by)."""
     if not held_out or trainer.eval_dataset is None:
         return None
-    from localdistil.training.gate import accuracy_callback
+    from localdistil.training.accuracy import accuracy_callback
 
     t = recipe.train
     if trainer.is_fsdp_enabled and trainer.accelerator.is_main_process:
