@@ -368,7 +368,9 @@ def _make_trainer(recipe: Recipe, model_path: Path, tokenizer: Any, data: Traini
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from localdistil.training.loss import sft_trainer_class
 
     t = recipe.train
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -437,7 +439,7 @@ def _make_trainer(recipe: Recipe, model_path: Path, tokenizer: Any, data: Traini
         target_modules=recipe.lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    return SFTTrainer(
+    return sft_trainer_class()(
         model=model,
         args=config,
         train_dataset=data.train.select_columns(columns),
