@@ -60,7 +60,10 @@ def test_training_lowers_the_loss_and_writes_a_loadable_adapter(tiny_model_dir, 
     # beside that step's held-out loss, in metrics.json and the trainer's log history
     assert metrics["eval_every"] == 10
     assert [e["step"] for e in metrics["accuracy"]] == [10, 16]
+    # the held-out loss is computed with each accuracy evaluation and at no other step (not at
+    # the end of each pass over the data), on the same held-out calls
     eval_loss = {p["step"]: p["loss"] for p in metrics["eval_loss"]}
+    assert list(eval_loss) == [10, 16]
     for entry in metrics["accuracy"]:
         assert 0 <= entry["exact_match"] <= entry["valid_rate"] + 1e-9 <= 1 + 1e-9
         assert set(entry["fields"]) == {"a", "b", "result"}

@@ -186,6 +186,11 @@ class AccuracyCallback:
             control.should_evaluate = True  # the held-out loss of this step, beside the accuracy
         return control
 
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.enabled:  # the held-out loss goes with accuracy, not with each pass as well
+            control.should_evaluate = False
+        return control
+
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         if not self._due:
             return control

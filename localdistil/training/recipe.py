@@ -191,7 +191,8 @@ class TrainSection(_Section):
     eval_samples: int = Field(50, ge=0, description=(
         "held-out calls answered with constrained decoding, every train.eval_every steps and "
         "after training, to measure accuracy, keep the best state and judge the new version by "
-        "the gate (0 = skip all three; ignored without held-out data)"))
+        "the gate; the held-out loss is computed on the same calls (0 = skip all three and "
+        "compute the loss on every held-out example; ignored without held-out data)"))
     eval_every: int | None = Field(None, gt=0, description=(
         "steps between those accuracy evaluations during training; null = about 10 per run, "
         "never more often than every 10 steps. The last step is always evaluated"))

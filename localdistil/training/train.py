@@ -363,6 +363,17 @@ def _device_name() -> str:
     return f"GPU ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "CPU"
 
 
+def _loss_eval_set(eval_set: Any, answered: int) -> Any:
+    """The held-out examples the trainer computes its loss on. Where accuracy is measured
+    (``answered`` = ``train.eval_samples`` > 0), the calls it answers: the held-out loss only
+    ranks evaluations of equal exact match, and over every held-out example it took longer
+    than answering the calls (8 s of 14 per evaluation, normalize_quantity on 2 cores)."""
+    if not answered:
+        return eval_set
+    calls = [i for i, args in enumerate(eval_set["args"]) if args is not None][:answered]
+    return eval_set.select(calls) if calls else eval_set
+
+
 def _make_trainer(recipe: Recipe, model_path: Path, tokenizer: Any, data: TrainingData,
                   output_dir: Path, precision: str):
     import torch
@@ -443,7 +454,8 @@ def _make_trainer(recipe: Recipe, model_path: Path, tokenizer: Any, data: Traini
         model=model,
         args=config,
         train_dataset=data.train.select_columns(columns),
-        eval_dataset=data.eval.select_columns(columns) if has_eval else None,
+        eval_dataset=_loss_eval_set(data.eval, t.eval_samples).select_columns(columns)
+        if has_eval else None,
         processing_class=tokenizer,
         peft_config=peft_config,
     )
