@@ -618,9 +618,10 @@ def _proposing(monkeypatch, guesses):
     """Replace prompt lookup's guesses: ``guesses(prompt, written, size)`` -> tokens to propose."""
     import localdistil.inference.generate as generate
 
-    def propose(sequence, prompt, settings, *, alone=True, longest_match=3):
-        size = min(settings.lookup, settings.max_new_tokens - len(sequence.ids) - 1)
-        sequence.proposal = list(guesses(tuple(prompt), sequence.ids, size)) if size > 0 else []
+    def propose(sequences, prompts, settings, ahead):
+        for sequence, prompt in zip(sequences, prompts):
+            size = min(settings.lookup, settings.max_new_tokens - len(sequence.ids) - 1)
+            sequence.proposal = list(guesses(tuple(prompt), sequence.ids, size)) if size > 0 else []
 
     monkeypatch.setattr(generate, "_propose", propose)
 
@@ -628,7 +629,7 @@ def _proposing(monkeypatch, guesses):
 @pytest.mark.parametrize("guess", ["right", "wrong"])
 def test_proposed_tokens_change_the_passes_not_the_output(tiny, backend, monkeypatch, guess):
     """Prompt lookup keeps a proposed token only where greedy decoding picks it: right guesses
-    save forward passes, wrong ones cost none; in a batch, only the last row left guesses."""
+    save forward passes, wrong ones cost none; in a batch the output is the same too."""
     model, tokenizer = tiny
     grammar = JsonGrammar.for_schema(Item.model_json_schema(), tokenizer, backend=backend)
     prompts = _prompts(tokenizer, 4)
@@ -666,12 +667,34 @@ def test_prompt_lookup_copies_from_the_prompt(tiny, backend, monkeypatch):
         assert sequence.cursor.advance(token)
     sequence.ids = list(written)
     settings = generate._DecodeSettings(grammar, max_new_tokens=60, lookup=3)
-    generate._propose(sequence, prompt, settings)
+    generate._propose([sequence], [prompt], settings, [0])
     after = prompt[prompt.index(written[-1]) + 1:]
     assert sequence.proposal == after[:3] and " Lovelace".startswith(tokenizer.decode(after[:3]))
     tight = generate._DecodeSettings(grammar, max_new_tokens=len(written) + 2, lookup=3)
-    generate._propose(sequence, prompt, tight)
+    generate._propose([sequence], [prompt], tight, [0])
     assert sequence.proposal == after[:1]  # never past the token budget
+
+
+def test_in_a_batch_guesses_fill_only_what_would_be_padding(tiny, backend):
+    """A pass is as wide as its longest row: a row feeding fewer tokens is given guesses up to
+    that width (free), none beyond it."""
+    import localdistil.inference.generate as generate
+
+    _, tokenizer = tiny
+    grammar = JsonGrammar.for_schema(Item.model_json_schema(), tokenizer, backend=backend)
+    prompt = tokenizer.encode('say {"label":"Ada Lovelace", please', add_special_tokens=False)
+    written = tokenizer.encode('{"label":"Ada', add_special_tokens=False)
+    after = prompt[prompt.index(written[-1]) + 1:]
+    rows = [generate._Sequence(cursor=grammar.cursor()) for _ in range(2)]
+    for sequence in rows:
+        for token in written:
+            assert sequence.cursor.advance(token)
+        sequence.ids = list(written)
+    settings = generate._DecodeSettings(grammar, max_new_tokens=60, lookup=4)
+    generate._propose(rows, [prompt, prompt], settings, [1, 4])  # the second row feeds 4
+    assert rows[0].proposal == after[:3] and rows[1].proposal == []
+    generate._propose(rows, [prompt, prompt], settings, [1, 1])
+    assert rows[0].proposal == rows[1].proposal == []  # a guess would widen the pass
 
 
 def test_a_shared_prompt_prefix_is_computed_once_and_changes_nothing(tiny, backend, monkeypatch):
@@ -733,7 +756,7 @@ def test_a_field_named_like_an_argument_is_proposed_its_value(tiny, backend, mon
         assert sequence.cursor.advance(token)
     sequence.ids, sequence.feed = list(written), list(written[-3:])
     settings = generate._DecodeSettings(grammar, max_new_tokens=60, lookup=4)
-    generate._propose(sequence, prompt, settings)
+    generate._propose([sequence], [prompt], settings, [len(sequence.feed)])
     assert sequence.proposal == value[:4]  # past the cheap width: an echoed argument is worth it
 
     # greedy output is unchanged with the value proposed

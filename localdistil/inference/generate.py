@@ -11,10 +11,11 @@ rather than ``model.generate``, for three things ``generate`` cannot do:
   greedy decoding under the grammar picks there, so one pass can write several tokens and the
   output is the one decoding token by token writes. Two kinds of proposal: the value of the
   argument ``key=`` right after the output writes the field ``"key":`` (an echoed argument is
-  the same canonical JSON text), in a batch too; and, for a sequence decoding alone in a pass
-  that feeds at most :data:`CHEAP_PASS_TOKENS`, the tokens that followed the last written ones
-  in the prompt (a name, a number) -- a pass of one sequence costs about the same over 1-3
-  tokens, while in a batch every guess is extra compute;
+  the same canonical JSON text); and the tokens that followed the last written ones in the
+  prompt (a name, a number), only where they cost nothing: for a sequence decoding alone in a
+  pass that feeds at most :data:`CHEAP_PASS_TOKENS` (a pass of one sequence costs about the
+  same over 1-3 tokens), in a batch where a row feeds fewer tokens than the longest (its
+  positions up to that width would be padding);
 - per-sequence grammar state in a batch whose sequences grow by different numbers of tokens
   per step; a sequence that has finished leaves the batch (and its KV cache rows) at once.
 
@@ -162,9 +163,9 @@ def _decode(model: PreTrainedModel, settings: _DecodeSettings, prompts: list[lis
     live = [i for i, s in enumerate(sequences) if not s.done]
     if not live:
         return
-    for index in live:
-        _propose(sequences[index], prompts[index], settings, alone=len(live) == 1)
     start, cache = prefix.start(model, [prompts[i] for i in live]) if prefix else (0, None)
+    _propose([sequences[i] for i in live], [prompts[i] for i in live], settings,
+             [len(prompts[i]) - start + len(sequences[i].feed) for i in live])
     chunks = [list(prompts[i][start:]) + sequences[i].feed + sequences[i].proposal for i in live]
     attention = torch.ones((len(live), start), dtype=torch.long, device=device)
     seen = torch.full((len(live),), start, dtype=torch.long, device=device)  # real tokens fed
@@ -194,9 +195,8 @@ def _decode(model: PreTrainedModel, settings: _DecodeSettings, prompts: list[lis
                 seen[row] -= rejected
             if not sequence.done:
                 keep.append(row)
-        for row in keep:  # n-gram guesses only for a sequence decoding alone (see _propose)
-            index = live[row]
-            _propose(sequences[index], prompts[index], settings, alone=len(keep) == 1)
+        _propose([sequences[live[row]] for row in keep], [prompts[live[row]] for row in keep],
+                 settings, [len(sequences[live[row]].feed) for row in keep])
         chunks = [sequences[live[row]].feed + sequences[live[row]].proposal for row in keep]
         if len(keep) < len(live):
             if keep:
@@ -237,32 +237,45 @@ def _accept(sequence: _Sequence, scores: numpy.ndarray, settings: _DecodeSetting
     return len(proposal) - guessed
 
 
-def _propose(sequence: _Sequence, prompt: list[int], settings: _DecodeSettings, *,
-             alone: bool = True, longest_match: int = 3) -> None:
-    """Set the sequence's proposal (up to ``settings.lookup`` tokens), never past the budget:
+def _propose(sequences: list[_Sequence], prompts: list[list[int]], settings: _DecodeSettings,
+             ahead: list[int]) -> None:
+    """Set each sequence's proposal for the next pass (up to ``settings.lookup`` tokens, never
+    past the budget); ``ahead[i]`` is how many tokens ``sequences[i]`` feeds in that pass before
+    its proposal:
 
     - where the output has just written ``"key":`` and the prompt holds the argument ``key=``,
       the tokens of that argument's value: prompts render arguments as ``key=<canonical JSON>``
       and outputs their fields as ``"key":<canonical JSON>``, so a field that echoes an argument
       is written with the very same text;
-    - else, for a sequence decoding ``alone`` (in a batch a guess is extra compute), the tokens
-      that followed the latest earlier occurrence of the last few tokens (up to
-      ``longest_match``, the longest that occurs) in prompt + output, only where the grammar
-      allows the first of them next and the pass feeds at most :data:`CHEAP_PASS_TOKENS`.
+    - else the tokens that followed the latest earlier occurrence of the last few tokens in
+      prompt + output (:func:`_continuation`), as many as the pass takes at no extra cost: for a
+      sequence decoding alone, while its feed and proposal stay within
+      :data:`CHEAP_PASS_TOKENS`; in a batch, up to the width the pass has anyway (the longest
+      row's tokens), where a shorter row's positions would otherwise be padding.
     """
+    for sequence, prompt in zip(sequences, prompts):
+        sequence.proposal = []
+        size = min(settings.lookup, settings.max_new_tokens - len(sequence.ids) - 1)
+        if size > 0 and sequence.ids:
+            sequence.proposal = _argument_value(sequence.ids, prompt, settings.table)[:size]
+    if len(sequences) == 1:
+        rooms = [CHEAP_PASS_TOKENS - len(sequences[0].feed)]
+    else:
+        width = max((fed + len(s.proposal) for s, fed in zip(sequences, ahead)), default=0)
+        rooms = [width - fed for fed in ahead]
+    for sequence, prompt, room in zip(sequences, prompts, rooms):
+        size = min(settings.lookup, settings.max_new_tokens - len(sequence.ids) - 1, room)
+        if not sequence.proposal and size > 0 and sequence.ids:
+            sequence.proposal = _continuation(sequence, prompt, size)
+
+
+def _continuation(sequence: _Sequence, prompt: list[int], size: int,
+                  longest_match: int = 3) -> list[int]:
+    """Up to ``size`` tokens that followed the latest earlier occurrence of the sequence's last
+    few tokens (up to ``longest_match``, the longest that occurs) in prompt + output, where the
+    grammar allows the first of them next; else ``[]``."""
     import numpy as np
 
-    size = min(settings.lookup, settings.max_new_tokens - len(sequence.ids) - 1)
-    sequence.proposal = []
-    if size <= 0 or not sequence.ids:
-        return
-    echoed = _argument_value(sequence.ids, prompt, settings.table)
-    if echoed:
-        sequence.proposal = echoed[:size]
-        return
-    size = min(size, CHEAP_PASS_TOKENS - len(sequence.feed))
-    if size <= 0 or not alone:
-        return
     context = list(prompt) + sequence.ids
     for length in range(min(longest_match, len(context) - 1), 0, -1):
         suffix = context[-length:]
@@ -272,9 +285,8 @@ def _propose(sequence: _Sequence, prompt: list[int], settings: _DecodeSettings, 
                 ids, inverted = sequence.cursor.allowed()
                 index = int(np.searchsorted(ids, following[0]))
                 present = index < len(ids) and int(ids[index]) == following[0]
-                if present != inverted:
-                    sequence.proposal = following
-                return
+                return following if present != inverted else []
+    return []
 
 
 def _after_token(sequence: _Sequence, settings: _DecodeSettings) -> None:
