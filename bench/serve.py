@@ -8,6 +8,9 @@ the adapter's recipe trained on) with the same adapter and the embedded model:
 
   in process     one call after another, each its own engine call, as a loop of ``fn(...)``
                  in dispatch mode does.
+  in process, batched
+                 the same calls in batches of ``--max-batch``, one engine call each: the
+                 server's ceiling, what batching alone gains on this machine.
   served         ``--clients`` threads, each with its own ``openai`` client, sending requests to
                  the server on 127.0.0.1 back to back; the server batches what arrives together.
 
@@ -132,6 +135,27 @@ def in_process(adapter: Path, calls: list[dict[str, Any]], seconds: float, limit
     return answers, latencies, len(latencies) / (time.perf_counter() - start)
 
 
+def in_process_batched(adapter: Path, calls: list[dict[str, Any]], seconds: float,
+                       batch: int) -> float:
+    """The same calls in batches of ``batch``, one engine call each: calls per second. What the
+    server could reach if HTTP, scheduling and clients cost nothing (its ceiling)."""
+    from localdistil.inference.engine import Engine
+    from localdistil.serve.functions import FunctionParameters, call_prompt
+
+    engine = Engine.for_adapter(adapter)
+    params = FunctionParameters(engine.manifest.name, engine.manifest.signature)
+    schema = engine.manifest.output_schema
+    prompts = [call_prompt(engine, params, call) for call in calls]
+    engine.answer(prompts[:batch], schema=schema)  # warm up
+    answered, n = 0, 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        group = [prompts[(n + i) % len(prompts)] for i in range(batch)]
+        n += batch
+        answered += len(engine.answer(group, schema=schema))
+    return answered / (time.perf_counter() - start)
+
+
 def served(adapter: Path, calls: list[dict[str, Any]], clients: int, seconds: float,
            max_batch: int, wait_ms: float) -> tuple[list[tuple[dict[str, Any], str, str]],
                                                     list[float], list[str], float, Any]:
@@ -226,6 +250,7 @@ def main() -> int:
 
         schema_name = read_manifest(adapter).name
         alone, alone_latency, alone_rate = in_process(adapter, calls, args.seconds, args.calls)
+        batched_rate = in_process_batched(adapter, calls, args.seconds, args.max_batch)
         answers, latency, errors, rate, batcher = served(
             adapter, calls, args.clients, args.seconds, args.max_batch, args.batch_wait_ms)
 
@@ -238,12 +263,15 @@ def main() -> int:
     print(f"  in process, one by one   {alone_rate:7.2f} calls/s   p50 "
           f"{statistics.median(alone_latency) * 1000:7.1f} ms   p95 "
           f"{percentile(alone_latency, 0.95) * 1000:7.1f} ms   ({len(alone_latency)} calls)")
+    print(f"  in process, batches of {args.max_batch} {batched_rate:7.2f} calls/s   "
+          f"({batched_rate / alone_rate:.2f}x one by one: the server's ceiling)")
     if latency:
         print(f"  served, {args.clients} clients      {rate:7.2f} calls/s   p50 "
               f"{statistics.median(latency) * 1000:7.1f} ms   p95 "
               f"{percentile(latency, 0.95) * 1000:7.1f} ms   ({len(latency)} calls, "
               f"mean batch {batcher.items / max(batcher.calls, 1):.1f})")
-        print(f"  throughput ratio         {rate / alone_rate:7.2f}x")
+        print(f"  throughput ratio         {rate / alone_rate:7.2f}x   (served / one by one; "
+              f"{rate / batched_rate:.0%} of the ceiling)")
     print(f"  valid                    {valid}/{len(answers)}")
     print(f"  same as in process       {same}/{compared}")
     print(f"  errors                   {len(errors)}")
