@@ -253,20 +253,19 @@ def _propose(sequences: list[_Sequence], prompts: list[list[int]], settings: _De
       :data:`CHEAP_PASS_TOKENS`; in a batch, up to the width the pass has anyway (the longest
       row's tokens), where a shorter row's positions would otherwise be padding.
     """
-    for sequence, prompt in zip(sequences, prompts):
-        sequence.proposal = []
-        size = min(settings.lookup, settings.max_new_tokens - len(sequence.ids) - 1)
-        if size > 0 and sequence.ids:
-            sequence.proposal = _argument_value(sequence.ids, prompt, settings.table)[:size]
+    sizes = [min(settings.lookup, settings.max_new_tokens - len(s.ids) - 1) if s.ids else 0
+             for s in sequences]
+    for sequence, prompt, size in zip(sequences, prompts, sizes):
+        sequence.proposal = (_argument_value(sequence.ids, prompt, settings.table)[:size]
+                             if size > 0 else [])
     if len(sequences) == 1:
         rooms = [CHEAP_PASS_TOKENS - len(sequences[0].feed)]
     else:
         width = max((fed + len(s.proposal) for s, fed in zip(sequences, ahead)), default=0)
         rooms = [width - fed for fed in ahead]
-    for sequence, prompt, room in zip(sequences, prompts, rooms):
-        size = min(settings.lookup, settings.max_new_tokens - len(sequence.ids) - 1, room)
-        if not sequence.proposal and size > 0 and sequence.ids:
-            sequence.proposal = _continuation(sequence, prompt, size)
+    for sequence, prompt, size, room in zip(sequences, prompts, sizes, rooms):
+        if not sequence.proposal and min(size, room) > 0:
+            sequence.proposal = _continuation(sequence, prompt, min(size, room))
 
 
 def _continuation(sequence: _Sequence, prompt: list[int], size: int,
