@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -112,22 +113,28 @@ def smoke_adapter(root: Path) -> tuple[Path, list[dict[str, Any]]]:
     return adapter, [{"title": f"ticket {n}", "severity": n % 5} for n in range(16)]
 
 
-def in_process(adapter: Path, calls: list[dict[str, Any]], seconds: float, limit: int
-               ) -> tuple[dict[str, str], list[float], float]:
-    """Each call alone, one after another: answers by call, latencies, calls per second."""
+def adapter_engine(adapter: Path) -> tuple[Any, dict[str, Any], Callable[[dict], list[int]]]:
+    """The adapter's engine, its output schema, and the prompt of a call as the server renders
+    it."""
     from localdistil.inference.engine import Engine
     from localdistil.serve.functions import FunctionParameters, call_prompt
 
     engine = Engine.for_adapter(adapter)
     params = FunctionParameters(engine.manifest.name, engine.manifest.signature)
-    schema = engine.manifest.output_schema
-    engine.answer([call_prompt(engine, params, calls[0])], schema=schema)  # warm up
+    return engine, engine.manifest.output_schema, lambda call: call_prompt(engine, params, call)
+
+
+def in_process(adapter: Path, calls: list[dict[str, Any]], seconds: float, limit: int
+               ) -> tuple[dict[str, str], list[float], float]:
+    """Each call alone, one after another: answers by call, latencies, calls per second."""
+    engine, schema, prompt_of = adapter_engine(adapter)
+    engine.answer([prompt_of(calls[0])], schema=schema)  # warm up
     answers, latencies = {}, []
     start = time.perf_counter()
     for n in range(limit):
         call = calls[n % len(calls)]
         began = time.perf_counter()
-        (outcome,) = engine.answer([call_prompt(engine, params, call)], schema=schema)
+        (outcome,) = engine.answer([prompt_of(call)], schema=schema)
         latencies.append(time.perf_counter() - began)
         answers[json.dumps(call, sort_keys=True)] = outcome.text if outcome.ok else ""
         if time.perf_counter() - start > seconds:
@@ -139,13 +146,8 @@ def in_process_batched(adapter: Path, calls: list[dict[str, Any]], seconds: floa
                        batch: int) -> float:
     """The same calls in batches of ``batch``, one engine call each: calls per second. What the
     server could reach if HTTP, scheduling and clients cost nothing (its ceiling)."""
-    from localdistil.inference.engine import Engine
-    from localdistil.serve.functions import FunctionParameters, call_prompt
-
-    engine = Engine.for_adapter(adapter)
-    params = FunctionParameters(engine.manifest.name, engine.manifest.signature)
-    schema = engine.manifest.output_schema
-    prompts = [call_prompt(engine, params, call) for call in calls]
+    engine, schema, prompt_of = adapter_engine(adapter)
+    prompts = [prompt_of(call) for call in calls]
     engine.answer(prompts[:batch], schema=schema)  # warm up
     answered, n = 0, 0
     start = time.perf_counter()
