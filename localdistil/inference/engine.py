@@ -37,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 
 from localdistil.errors import AdapterError
 from localdistil.models.adapter import MANIFEST_NAME, Manifest, adapter_dir
+from localdistil.models.placement import inference_placement
 from localdistil.models.versions import VERSIONS_SUBDIR
 from localdistil.prompts import encode_prompt, render_messages, repair_turns
 
@@ -298,20 +299,10 @@ def _cached(key: tuple[str, str], version: Any, load: Any, *,
     return found[1]
 
 
-def _placement() -> dict[str, Any]:
-    """dtype and device for inference: bf16 on a GPU that has it, else fp32 on the CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-        return {"dtype": dtype, "device_map": "cuda"}
-    return {"dtype": torch.float32, "device_map": None}
-
-
 def _load_adapter(directory: Path) -> Engine:
     from localdistil.models.adapter import load_merged
 
-    model, tokenizer, manifest = load_merged(directory, **_placement())
+    model, tokenizer, manifest = load_merged(directory, **inference_placement())
     return Engine(model, tokenizer, name=manifest.name, path=directory, manifest=manifest)
 
 
@@ -319,4 +310,5 @@ def _load_base(reference: str, path: Path) -> Engine:
     from localdistil.models.resolve import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(path)
-    return Engine(load_causal_lm(path, **_placement()), tokenizer, name=reference, path=path)
+    model = load_causal_lm(path, **inference_placement())
+    return Engine(model, tokenizer, name=reference, path=path)

@@ -167,7 +167,7 @@ class AccuracyCallback:
         self.stopped: str | None = None
         self._due = False
         self._started = time.perf_counter()
-        self._base: Any = None  # the fp32 base model answering_model merges into (CPU, bf16)
+        self._base: Any = None  # dispatch's base model answering_model merges into (CPU)
 
     # -- trainer events ------------------------------------------------------------------------
 
@@ -223,7 +223,7 @@ class AccuracyCallback:
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
-        self._base = None  # the fp32 base is needed only while training
+        self._base = None  # dispatch's base is needed only while training
         return control
 
     def on_save(self, args, state, control, **kwargs):
@@ -256,7 +256,7 @@ class AccuracyCallback:
         agreement, valid = Agreement(), 0
         size = answer_batch_size(self.batch_size)
         try:
-            answering = answering_model(model, self._fp32_base(model))
+            answering = answering_model(model, self._dispatch_base(model))
             # a new engine each time: its prompt prefix cache holds keys of the current weights
             engine = Engine(answering, self.tokenizer, name=self.manifest.name, path=self.path,
                             manifest=self.manifest)
@@ -274,34 +274,34 @@ class AccuracyCallback:
                           valid_rate=valid / len(self.records), fields=summary["fields"],
                           eval_loss=eval_loss, time_s=round(time.perf_counter() - self._started, 2))
 
-    def _fp32_base(self, model: Any) -> Any:
-        """The base model in fp32 as dispatch loads it, when the training model's base weights
-        are in another precision on a CPU (loaded once per training); else None."""
-        import torch
+    def _dispatch_base(self, model: Any) -> Any:
+        """The base model as dispatch loads it on a CPU (:func:`inference_placement`), where the
+        training model's base weights are in another precision (loaded once per training);
+        else None."""
+        from localdistil.models.placement import inference_placement
 
+        dtype = inference_placement()["dtype"]
         frozen = next((p for p in model.parameters() if not p.requires_grad), None)
-        if frozen is None or frozen.device.type != "cpu" or frozen.dtype == torch.float32:
+        if frozen is None or frozen.device.type != "cpu" or frozen.dtype == dtype:
             return None
         if self._base is None:
             from localdistil.models.resolve import load_causal_lm
 
-            self._base = load_causal_lm(self.manifest.base_model_path, dtype=torch.float32)
+            self._base = load_causal_lm(self.manifest.base_model_path, dtype=dtype)
         return self._base
 
 
 def answering_model(model: Any, base: Any = None) -> Any:
     """The model that answers held-out calls during training.
 
-    On a GPU, ``model`` itself. On a CPU, a copy with the LoRA weights merged in, in fp32: 2-4x
-    faster (bf16 decoding is slower than fp32 on CPUs, even with avx512_bf16, and unmerged LoRA
-    layers cost more matrix products). With ``base``, the base model in fp32 as dispatch loads
-    it, the copy is that base with ``model``'s LoRA weights: exactly the merged model the
-    version will be evaluated and dispatched with (a bf16 training model's base weights are
-    rounded). ``model`` is not touched; the copy is the caller's to drop.
+    On a GPU, ``model`` itself. On a CPU, a copy with the LoRA weights merged in (unmerged LoRA
+    layers cost extra matrix products: 2-4x slower): with ``base``, the base model as dispatch
+    loads it, the copy is that base with ``model``'s LoRA weights, exactly the merged model
+    the version will be evaluated and dispatched with (an fp32 training model on a bf16 CPU,
+    or a bf16 one on an fp32 CPU); without, ``model``'s own base, whose precision is then
+    dispatch's. ``model`` is not touched; the copy is the caller's to drop.
     """
     import copy
-
-    import torch
 
     if next(model.parameters()).device.type != "cpu":
         return model
@@ -312,7 +312,9 @@ def answering_model(model: Any, base: Any = None) -> Any:
         answering = get_peft_model(copy.deepcopy(base), config)
         set_peft_model_state_dict(answering, get_peft_model_state_dict(model))
     else:
-        answering = copy.deepcopy(model).to(torch.float32)
+        answering = copy.deepcopy(model)
+        if base is not None:
+            answering = answering.to(next(base.parameters()).dtype)
     if hasattr(answering, "merge_and_unload"):
         answering = answering.merge_and_unload()
     return answering.eval()

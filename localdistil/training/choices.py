@@ -5,16 +5,16 @@ precision, learning rate and the number of steps (used by :func:`localdistil.tra
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from localdistil.errors import RecipeError
+from localdistil.models.placement import cpu_has_native_bf16
 
 if TYPE_CHECKING:
     from localdistil.training.recipe import Recipe
 
-__all__ = ["MIN_AUTO_STEPS", "choose_learning_rate", "choose_precision", "cpu_has_native_bf16",
-           "describe_auto", "plan_steps"]
+__all__ = ["MIN_AUTO_STEPS", "choose_learning_rate", "choose_precision", "describe_auto",
+           "plan_steps"]
 
 
 def choose_precision(recipe: Recipe) -> str:
@@ -40,19 +40,6 @@ def choose_precision(recipe: Recipe) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         return "bf16" if cpu_has_native_bf16() else "fp32"
     return precision
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (x86 ``avx512_bf16`` or AMX), where bf16 training
-    is faster than fp32; elsewhere bf16 is emulated and slower. Read from ``/proc/cpuinfo``, so
-    false on systems without it."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 #: ``train.epochs: auto``: one pass over the data, but at least this many optimizer steps
