@@ -11,8 +11,10 @@ the adapter's recipe trained on) with the same adapter and the embedded model:
   in process, batched
                  the same calls in batches of ``--max-batch``, one engine call each: the
                  server's ceiling, what batching alone gains on this machine.
-  served         ``--clients`` threads, each with its own ``openai`` client, sending requests to
-                 the server on 127.0.0.1 back to back; the server batches what arrives together.
+  served         ``python -m localdistil serve`` in its own process, as users run it, and
+                 ``--clients`` threads here, each with its own ``openai`` client, sending
+                 requests to it on 127.0.0.1 back to back; the server batches what arrives
+                 together.
 
 Printed: throughput (calls per second) of each and their ratio, p50/p95 latency of each, the
 errors (must be 0: the bench exits 1 otherwise), and validity: answers that are complete JSON
@@ -30,6 +32,7 @@ import argparse
 import json
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -160,63 +163,81 @@ def in_process_batched(adapter: Path, calls: list[dict[str, Any]], seconds: floa
 
 def served(adapter: Path, calls: list[dict[str, Any]], clients: int, seconds: float,
            max_batch: int, wait_ms: float) -> tuple[list[tuple[dict[str, Any], str, str]],
-                                                    list[float], list[str], float, Any]:
-    """``clients`` threads against the server: (call, text, finish) per answer, latencies,
-    errors, calls per second, and the batcher."""
-    import uvicorn
+                                                    list[float], list[str], float, str]:
+    """``clients`` threads against ``python -m localdistil serve`` in its own process, as users
+    run it: (call, text, finish) per answer, latencies, errors, calls per second, and the
+    server's own count of requests and batches (logged at its shutdown)."""
+    import urllib.error
+    import urllib.request
+
     from openai import OpenAI
 
-    from localdistil.serve import create_app, load_served
+    from localdistil.models.adapter import read_manifest
 
-    app = create_app(load_served([str(adapter)]), max_batch=max_batch, batch_wait_ms=wait_ms)
-    name = next(iter(app.state.served))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline:
-            sys.exit("the server did not start within 60 s")
-        time.sleep(0.05)
+    name = read_manifest(adapter).name
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would stall it
+    server = subprocess.Popen(
+        [sys.executable, "-m", "localdistil", "serve", str(adapter), "--port", str(port),
+         "--max-batch", str(max_batch), "--batch-wait-ms", str(wait_ms)],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                    break
+            except (urllib.error.URLError, OSError):
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                sys.exit(f"the server did not start:\n{log.read()[-2000:]}")
+            time.sleep(0.2)
 
-    lock = threading.Lock()
-    answers: list[tuple[dict[str, Any], str, str]] = []
-    latencies: list[float] = []
-    errors: list[str] = []
-    stop_at = time.perf_counter() + seconds
+        lock = threading.Lock()
+        answers: list[tuple[dict[str, Any], str, str]] = []
+        latencies: list[float] = []
+        errors: list[str] = []
+        stop_at = time.perf_counter() + seconds
 
-    def client(index: int) -> None:
-        with OpenAI(base_url=url, api_key="none", max_retries=0, timeout=120) as api:
-            n = index
-            while time.perf_counter() < stop_at:
-                call = calls[n % len(calls)]
-                n += clients
-                began = time.perf_counter()
-                try:
-                    response = api.chat.completions.create(
-                        model=name, messages=[{"role": "user", "content": json.dumps(call)}])
-                except Exception as error:  # counted and shown, never hidden
+        def client(index: int) -> None:
+            with OpenAI(base_url=url, api_key="none", max_retries=0, timeout=120) as api:
+                n = index
+                while time.perf_counter() < stop_at:
+                    call = calls[n % len(calls)]
+                    n += clients
+                    began = time.perf_counter()
+                    try:
+                        response = api.chat.completions.create(
+                            model=name, messages=[{"role": "user", "content": json.dumps(call)}])
+                    except Exception as error:  # counted and shown, never hidden
+                        with lock:
+                            errors.append(f"{type(error).__name__}: {error}")
+                        continue
+                    elapsed = time.perf_counter() - began
+                    choice = response.choices[0]
                     with lock:
-                        errors.append(f"{type(error).__name__}: {error}")
-                    continue
-                elapsed = time.perf_counter() - began
-                choice = response.choices[0]
-                with lock:
-                    latencies.append(elapsed)
-                    answers.append((call, choice.message.content or "", choice.finish_reason))
+                        latencies.append(elapsed)
+                        answers.append((call, choice.message.content or "", choice.finish_reason))
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client, range(clients)))
-    elapsed = time.perf_counter() - start
-    batcher = app.state.batchers[name]
-    server.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
-    return answers, latencies, errors, len(latencies) / elapsed, batcher
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(client, range(clients)))
+        elapsed = time.perf_counter() - start
+    finally:
+        server.terminate()  # uvicorn shuts down gracefully on SIGTERM, logging its batches
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    log.seek(0)
+    batches = next((line.split(": ", 1)[1].strip() for line in log
+                    if "requests answered in" in line), "no batch count logged")
+    log.close()
+    return answers, latencies, errors, len(latencies) / elapsed, batches
 
 
 def main() -> int:
@@ -253,7 +274,7 @@ def main() -> int:
         schema_name = read_manifest(adapter).name
         alone, alone_latency, alone_rate = in_process(adapter, calls, args.seconds, args.calls)
         batched_rate = in_process_batched(adapter, calls, args.seconds, args.max_batch)
-        answers, latency, errors, rate, batcher = served(
+        answers, latency, errors, rate, batches = served(
             adapter, calls, args.clients, args.seconds, args.max_batch, args.batch_wait_ms)
 
     valid = sum(finish == "stop" and _is_json(text) for _, text, finish in answers)
@@ -270,8 +291,8 @@ def main() -> int:
     if latency:
         print(f"  served, {args.clients} clients      {rate:7.2f} calls/s   p50 "
               f"{statistics.median(latency) * 1000:7.1f} ms   p95 "
-              f"{percentile(latency, 0.95) * 1000:7.1f} ms   ({len(latency)} calls, "
-              f"mean batch {batcher.items / max(batcher.calls, 1):.1f})")
+              f"{percentile(latency, 0.95) * 1000:7.1f} ms   ({len(latency)} calls)")
+        print(f"  server batches           {batches}")
         print(f"  throughput ratio         {rate / alone_rate:7.2f}x   (served / one by one; "
               f"{rate / batched_rate:.0%} of the ceiling)")
     print(f"  valid                    {valid}/{len(answers)}")

@@ -468,6 +468,21 @@ def test_concurrent_requests_are_decoded_together_with_the_answers_they_get_alon
     assert engine_calls < len(calls)
 
 
+def test_at_shutdown_each_model_logs_its_requests_and_batches(adapters, caplog):
+    from openai import OpenAI
+
+    from localdistil.serve import create_app, load_served
+
+    app = create_app(load_served([f"triage={adapters['triage']}"]))
+    with caplog.at_level("INFO", logger="localdistil.serve"), running(app) as url:
+        with OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0,
+                    timeout=TIMEOUT) as api:
+            for n in range(3):
+                api.chat.completions.create(model="triage",
+                                            messages=_user({"title": f"ticket {n}"}))
+    assert "triage: 3 requests answered in 3 batches (mean batch 1.0)" in caplog.messages
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 

@@ -55,7 +55,8 @@ def create_app(served: Sequence[ServedModel], *, api_key: str | None = None,
             context less the answer's budget).
 
     The batchers are reachable as ``app.state.batchers[name]`` (their ``calls`` count engine
-    calls).
+    calls); at shutdown each model's count of requests and batches is logged
+    (``localdistil.serve.app``, INFO).
     """
     models = {model.name: model for model in served}
     batchers = {name: Batcher(max_batch=max_batch, wait_s=batch_wait_ms / 1000)
@@ -64,8 +65,11 @@ def create_app(served: Sequence[ServedModel], *, api_key: str | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        for batcher in batchers.values():
+        for name, batcher in batchers.items():
             await batcher.close()
+            if batcher.calls:
+                log.info("%s: %d requests answered in %d batches (mean batch %.1f)", name,
+                         batcher.items, batcher.calls, batcher.items / batcher.calls)
 
     app = FastAPI(title="localdistil", summary="Distilled functions behind OpenAI's API",
                   lifespan=lifespan)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import sys
 from collections.abc import Sequence
@@ -69,4 +70,9 @@ def serve(targets: Sequence[str], *, base: Sequence[str] | str | None = None,
     for model in served:
         print(f"serving {model.name:<24} {model.kind} {model.reference}", file=sys.stderr)
     print(f"OpenAI-compatible API at http://{host}:{port}/v1", file=sys.stderr)
+    handler = logging.StreamHandler()  # uvicorn configures only its own loggers
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    logger = logging.getLogger("localdistil.serve")
+    logger.addHandler(handler)
+    logger.setLevel(log_level.upper())
     uvicorn.run(app, host=host, port=port, log_level=log_level)
