@@ -70,9 +70,10 @@ def serve(targets: Sequence[str], *, base: Sequence[str] | str | None = None,
     for model in served:
         print(f"serving {model.name:<24} {model.kind} {model.reference}", file=sys.stderr)
     print(f"OpenAI-compatible API at http://{host}:{port}/v1", file=sys.stderr)
-    handler = logging.StreamHandler()  # uvicorn configures only its own loggers
-    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
-    logger = logging.getLogger("localdistil.serve")
-    logger.addHandler(handler)
+    logger = logging.getLogger("localdistil.serve")  # uvicorn configures only its own loggers
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
     logger.setLevel(log_level.upper())
     uvicorn.run(app, host=host, port=port, log_level=log_level)
