@@ -275,19 +275,20 @@ class AccuracyCallback:
                           eval_loss=eval_loss, time_s=round(time.perf_counter() - self._started, 2))
 
     def _dispatch_base(self, model: Any) -> Any:
-        """The base model as dispatch loads it on a CPU (:func:`inference_placement`), where the
-        training model's base weights are in another precision (loaded once per training);
-        else None."""
-        from localdistil.models.placement import inference_placement
-
-        dtype = inference_placement()["dtype"]
+        """On a CPU, the base model as dispatch loads it (:func:`inference_placement`), loaded
+        once per training; else None. Answering from a copy of it, never from a copy of the
+        training model, matters even where the precisions agree: the trainer wraps the training
+        model (autocast, gradient hooks), and a copy that carries those decoded 50 extraction
+        calls 5x slower."""
         frozen = next((p for p in model.parameters() if not p.requires_grad), None)
-        if frozen is None or frozen.device.type != "cpu" or frozen.dtype == dtype:
+        if frozen is None or frozen.device.type != "cpu":
             return None
         if self._base is None:
+            from localdistil.models.placement import inference_placement
             from localdistil.models.resolve import load_causal_lm
 
-            self._base = load_causal_lm(self.manifest.base_model_path, dtype=dtype)
+            self._base = load_causal_lm(self.manifest.base_model_path,
+                                        dtype=inference_placement()["dtype"])
         return self._base
 
 
