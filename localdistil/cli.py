@@ -231,10 +231,12 @@ def _dataset(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     """0: trained, and the new version promoted; 3: trained, but the gate refused the new
     version, which stays a candidate (the reasons are printed)."""
+    from localdistil.models.placement import keep_freed_memory
     from localdistil.training.recipe import load_recipe
     from localdistil.training.train import train
 
     recipe = load_recipe(args.recipe, args.overrides)
+    keep_freed_memory()  # ~10 % faster CPU steps; this process is the command's own
     result = train(recipe, overwrite=args.overwrite, resume=args.resume)
     if not result.is_main_process:  # accelerate launch: the main process reports for all
         return 0

@@ -372,3 +372,11 @@ def test_auto_precision_on_a_cpu_is_bf16_only_with_native_bf16(monkeypatch):
     assert choices.choose_precision(recipe) == "bf16"
     monkeypatch.setattr(choices, "cpu_has_native_bf16", lambda: False)
     assert choices.choose_precision(recipe) == "fp32"
+
+
+def test_the_allocator_keeps_freed_memory_where_glibc_runs():
+    import platform
+
+    from localdistil.models.placement import keep_freed_memory
+
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
