@@ -343,7 +343,7 @@ def test_auto_learning_rate_follows_the_base_models_size():
     def recipe(**train):
         return parse_recipe({"model": "m", "data": {"train": ["x.jsonl"]}, "train": train})
 
-    assert choose_learning_rate(recipe(), 135_000_000) == 1e-3
+    assert choose_learning_rate(recipe(), 135_000_000) == 2e-3
     assert choose_learning_rate(recipe(), 7_000_000_000) == 2e-4
     assert choose_learning_rate(recipe(learning_rate=5e-4), 135_000_000) == 5e-4
 

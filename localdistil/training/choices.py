@@ -45,7 +45,7 @@ def choose_precision(recipe: Recipe) -> str:
 #: ``train.epochs: auto``: one pass over the data, but at least this many optimizer steps
 MIN_AUTO_STEPS = 200
 #: ``train.learning_rate: auto``: this rate below ``LARGE_MODEL_PARAMETERS`` parameters ...
-SMALL_MODEL_LEARNING_RATE = 1e-3
+SMALL_MODEL_LEARNING_RATE = 2e-3
 #: ... and this one from there up
 LARGE_MODEL_LEARNING_RATE = 2e-4
 LARGE_MODEL_PARAMETERS = 1_000_000_000

@@ -153,7 +153,7 @@ class TrainSection(_Section):
     gradient_accumulation_steps: int = Field(1, gt=0, description=(
         "forward passes per optimizer step; the effective batch is batch_size x this"))
     learning_rate: Annotated[float, Field(gt=0)] | Literal["auto"] = Field("auto", description=(
-        "the peak learning rate, above 0, or auto: 1e-3 for base models under a billion "
+        "the peak learning rate, above 0, or auto: 2e-3 for base models under a billion "
         "parameters (what small models need to learn a function in a few hundred steps), "
         "2e-4 from a billion up (the usual LoRA rate for larger models)"))
     lr_scheduler: _Scheduler = Field("cosine", description=(
