@@ -362,16 +362,20 @@ def test_what_auto_chose_is_said_only_for_the_settings_left_auto():
 
 
 def test_auto_precision_on_a_cpu_is_bf16_only_with_native_bf16(monkeypatch):
+    """For training and for answering alike."""
     import torch
 
+    from localdistil.models import placement
     from localdistil.training import choices
 
     recipe = parse_recipe({"model": "m", "data": {"train": ["x.jsonl"]}})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(choices, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(placement, "cpu_has_native_bf16", lambda: True)
     assert choices.choose_precision(recipe) == "bf16"
-    monkeypatch.setattr(choices, "cpu_has_native_bf16", lambda: False)
+    assert placement.inference_placement() == {"dtype": torch.bfloat16, "device_map": None}
+    monkeypatch.setattr(placement, "cpu_has_native_bf16", lambda: False)
     assert choices.choose_precision(recipe) == "fp32"
+    assert placement.inference_placement() == {"dtype": torch.float32, "device_map": None}
 
 
 def test_the_allocator_keeps_freed_memory_where_glibc_runs():

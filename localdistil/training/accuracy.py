@@ -297,10 +297,10 @@ def answering_model(model: Any, base: Any = None) -> Any:
 
     On a GPU, ``model`` itself. On a CPU, a copy with the LoRA weights merged in (unmerged LoRA
     layers cost extra matrix products: 2-4x slower): with ``base``, the base model as dispatch
-    loads it, the copy is that base with ``model``'s LoRA weights, exactly the merged model
-    the version will be evaluated and dispatched with (an fp32 training model on a bf16 CPU,
-    or a bf16 one on an fp32 CPU); without, ``model``'s own base, whose precision is then
-    dispatch's. ``model`` is not touched; the copy is the caller's to drop.
+    loads it (what training passes), the copy is that base with ``model``'s LoRA weights,
+    exactly the merged model the version will be evaluated and dispatched with; without, a copy
+    of ``model`` itself, with whatever the trainer attached to it. ``model`` is not touched;
+    the copy is the caller's to drop.
     """
     import copy
 

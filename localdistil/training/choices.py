@@ -8,7 +8,7 @@ import math
 from typing import TYPE_CHECKING
 
 from localdistil.errors import RecipeError
-from localdistil.models.placement import cpu_has_native_bf16
+from localdistil.models.placement import computes_bf16
 
 if TYPE_CHECKING:
     from localdistil.training.recipe import Recipe
@@ -36,9 +36,7 @@ def choose_precision(recipe: Recipe) -> str:
         raise RecipeError("train.precision: fp16 needs a CUDA GPU. Use auto, fp32 or bf16 on a "
                           "CPU.", key="train.precision")
     if precision == "auto":
-        if cuda:
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        return "bf16" if cpu_has_native_bf16() else "fp32"
+        return "bf16" if computes_bf16() else "fp32"
     return precision
 
 
