@@ -85,10 +85,12 @@ def test_the_loss_gradients_and_metrics_equal_trls(trainer, num_items_in_batch):
     assert our_metrics["mean_token_accuracy"] == pytest.approx(their_metrics["mean_token_accuracy"])
     assert our_metrics["entropy"] == pytest.approx(their_metrics["entropy"], rel=1e-5)
     assert our_tokens == trainer._total_train_tokens == int(batch["attention_mask"].sum())
-    # the head ran only where a token is trained: not at the prompts' positions
+    # the head ran only on the trained (row, position) pairs: one row of hidden state for each
+    # trained token, fewer than the positions some row trains times the rows
     (projected,) = head_inputs
-    assert projected.shape[1] == len(trained_positions(batch["labels"]))
-    assert projected.shape[1] < batch["input_ids"].shape[1] - 1
+    trained_tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert projected.shape == (trained_tokens, trainer.model.config.hidden_size)
+    assert trained_tokens < len(trained_positions(batch["labels"])) * len(batch["labels"])
 
 
 def test_a_loss_this_path_does_not_compute_is_trls(trainer):

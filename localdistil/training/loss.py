@@ -7,8 +7,9 @@ in float32, and discards the prompt's. A distilled call is mostly prompt (normal
 28 of 41 tokens), so on a CPU that head took about a third of a training step.
 
 :func:`sft_trainer_class` returns ``SFTTrainer`` with one change on CPU: the model computes its
-logits only at the positions whose next token some row of the batch trains (``logits_to_keep``
-as an index tensor, in the autocast precision), and the loss is the same one TRL computes —
+logits only for the (row, position) pairs whose next token is trained (``logits_to_keep`` as an
+index tensor narrows the positions to those some row trains, a hook on the head narrows its
+input to the pairs; in the autocast precision), and the loss is the same one TRL computes —
 the summed negative log-likelihood of the trained tokens over ``num_items_in_batch`` (or their
 count), scaled alike across processes — with the same logged metrics (``entropy``,
 ``mean_token_accuracy``, ``num_tokens``). Every configuration this path does not cover (a GPU, a
@@ -18,7 +19,9 @@ wants the logits) goes to TRL's own ``compute_loss`` unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 IGNORE_INDEX = -100
@@ -41,6 +44,26 @@ def completion_nll(logits: Any, targets: Any) -> tuple[Any, Any]:
     trained = targets != IGNORE_INDEX
     picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return -(picked * trained).sum(), log_probs
+
+
+@contextlib.contextmanager
+def _head_sees_only(head: Any, kept: Any) -> Iterator[None]:
+    """While the block runs, ``head`` (the LM head, or None) gets only the hidden states of the
+    ``kept`` (row, position) pairs, as one ``pairs × hidden`` matrix, and so returns their
+    logits alone. ``logits_to_keep`` keeps the same positions in every row: with prompts of
+    different lengths in a batch, their union is about twice the trained pairs."""
+    def select(module: Any, args: tuple) -> tuple | None:
+        hidden = args[0]
+        if hidden.dim() != 3 or hidden.shape[:2] != kept.shape:
+            return None
+        return (hidden[kept], *args[1:])
+
+    hook = head.register_forward_pre_hook(select) if head is not None else None
+    try:
+        yield
+    finally:
+        if hook is not None:
+            hook.remove()
 
 
 @functools.cache
@@ -77,10 +100,17 @@ def sft_trainer_class() -> type:
             mode = "train" if self.model.training else "eval"
             labels = inputs["labels"]
             positions = trained_positions(labels)
-            model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
-            outputs = model(**model_inputs, use_cache=False, logits_to_keep=positions)
             targets = labels[:, 1:][:, positions]
-            nll, log_probs = completion_nll(outputs.logits, targets)
+            kept = targets != IGNORE_INDEX  # the (row, position) pairs the loss needs
+            model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
+            head = self.accelerator.unwrap_model(model).get_output_embeddings()
+            with _head_sees_only(head, kept):
+                outputs = model(**model_inputs, use_cache=False, logits_to_keep=positions)
+            logits = outputs.logits
+            if logits.dim() == 3:  # the hook did not apply (no head found, another shape)
+                logits = logits[kept]
+            targets = targets[kept]
+            nll, log_probs = completion_nll(logits, targets)
             trained = targets != IGNORE_INDEX
             denominator = trained.sum() if num_items_in_batch is None else num_items_in_batch
             loss = nll / torch.as_tensor(denominator).clamp(min=1)
