@@ -253,6 +253,23 @@ def test_group_by_length_batches_examples_of_similar_length(tiny_model_dir, trac
     assert trained[0]["model_input_name"] == "input_ids"
 
 
+def test_the_held_out_loss_runs_on_the_answered_calls_shortest_first():
+    from datasets import Dataset
+
+    from localdistil.training.trainer import _loss_eval_set
+
+    lengths = [7, 3, 9, 5, 2, 8]
+    held_out = Dataset.from_dict({
+        "input_ids": [[1] * n for n in lengths],
+        "args": [{"a": 1}, None, {"a": 2}, {"a": 3}, {"a": 4}, {"a": 5}],  # row 1: no call
+    })
+    # the first three calls are answered (rows 0, 2, 3), and their loss is computed in order
+    # of length, so that each batch pads to a length near its own
+    answered = _loss_eval_set(held_out, answered=3)
+    assert [len(ids) for ids in answered["input_ids"]] == [5, 7, 9]
+    assert [len(ids) for ids in _loss_eval_set(held_out, answered=0)["input_ids"]] == sorted(lengths)
+
+
 class TestBadInputFailsBeforeAnyModelLoads:
     @pytest.fixture(autouse=True)
     def no_model_loading(self, monkeypatch):

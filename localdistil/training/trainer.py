@@ -15,14 +15,18 @@ if TYPE_CHECKING:
 
 
 def _loss_eval_set(eval_set: Any, answered: int) -> Any:
-    """The held-out examples the trainer computes its loss on. Where accuracy is measured
-    (``answered`` = ``train.eval_samples`` > 0), the calls it answers: the held-out loss only
-    ranks evaluations of equal exact match, and over every held-out example it took longer
-    than answering the calls (8 s of 14 per evaluation, normalize_quantity on 2 cores)."""
-    if not answered:
-        return eval_set
-    calls = [i for i, args in enumerate(eval_set["args"]) if args is not None][:answered]
-    return eval_set.select(calls) if calls else eval_set
+    """The held-out examples the trainer computes its loss on, shortest first. Where accuracy is
+    measured (``answered`` = ``train.eval_samples`` > 0), the calls it answers: the held-out loss
+    only ranks evaluations of equal exact match, and over every held-out example it took longer
+    than answering the calls (8 s of 14 per evaluation, normalize_quantity on 2 cores). In order
+    of length, each evaluation batch pads to a length near its own (extract_order's 50 calls in
+    batches of 8: 18 % of the positions were padding in held-out order, 4 % in this one)."""
+    rows = range(len(eval_set))
+    if answered:
+        calls = [i for i, args in enumerate(eval_set["args"]) if args is not None][:answered]
+        rows = calls or rows
+    lengths = [len(ids) for ids in eval_set["input_ids"]]
+    return eval_set.select(sorted(rows, key=lambda i: lengths[i]))
 
 
 def make_trainer(recipe: Recipe, model_path: Path, tokenizer: Any, data: TrainingData, *,
