@@ -213,11 +213,16 @@ def _decode(model: PreTrainedModel, settings: _DecodeSettings, prompts: list[lis
 
 
 def _contiguous_input(module, args: tuple) -> tuple:
-    """The LM head's input made contiguous. With several rows and ``logits_to_keep`` > 1 the
-    model hands its head a strided slice of the hidden states, which ``matmul`` cannot fold into
-    one matrix product: it falls back to a batched product over a copy of the head's weight
-    per row (in bf16 on a CPU, 60 % of a batch's time). A contiguous input takes one product."""
-    return (args[0].contiguous(), *args[1:])
+    """The LM head's input, copied to a tensor of its own. With ``logits_to_keep`` > 1 the model
+    hands its head a slice of the hidden states whose strides still span the whole sequence,
+    which ``matmul`` cannot fold into one matrix product: it falls back to a batched product
+    over a copy of the head's weight per row (in bf16 on a CPU: 60 % of a batch's time, and
+    57 ms instead of 4 per pass of a single sequence). ``contiguous()`` does not help one row:
+    a tensor with a batch of 1 counts as contiguous whatever its first stride, and comes back
+    as it was."""
+    import torch
+
+    return (args[0].clone(memory_format=torch.contiguous_format), *args[1:])
 
 
 def _accept(sequence: _Sequence, scores: numpy.ndarray, settings: _DecodeSettings) -> int:
