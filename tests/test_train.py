@@ -267,7 +267,8 @@ def test_the_held_out_loss_runs_on_the_answered_calls_shortest_first():
     # of length, so that each batch pads to a length near its own
     answered = _loss_eval_set(held_out, answered=3)
     assert [len(ids) for ids in answered["input_ids"]] == [5, 7, 9]
-    assert [len(ids) for ids in _loss_eval_set(held_out, answered=0)["input_ids"]] == sorted(lengths)
+    everything = _loss_eval_set(held_out, answered=0)
+    assert [len(ids) for ids in everything["input_ids"]] == sorted(lengths)
 
 
 class TestBadInputFailsBeforeAnyModelLoads:
