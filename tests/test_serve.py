@@ -468,6 +468,41 @@ def test_concurrent_requests_are_decoded_together_with_the_answers_they_get_alon
     assert engine_calls < len(calls)
 
 
+def test_one_thread_loads_the_served_models_and_makes_every_engine_call(client, adapters,
+                                                                        monkeypatch):
+    """On a CPU a model decodes ~25 % slower in a thread other than the one that loaded it, so
+    ``localdistil serve`` loads and decodes in one thread, never in asyncio's pool."""
+    import threading
+
+    import uvicorn
+
+    import localdistil.serve.served
+    from localdistil.serve.server import serve
+
+    threads = []
+    answer = Engine.answer
+
+    def recording(self, *args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return answer(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "answer", recording)
+    calls = [{"title": f"ticket {n}", "severity": n % 5} for n in range(4)]
+    client.chat.completions.create(model="triage", messages=_user(calls[0]))
+    with ThreadPoolExecutor(len(calls)) as pool:
+        list(pool.map(lambda c: client.chat.completions.create(model="triage", messages=_user(c)),
+                      calls, timeout=TIMEOUT))
+    assert len(set(threads)) == 1 and threads[0].startswith("localdistil-engine")
+
+    loading = []
+    load = localdistil.serve.served.load_served
+    monkeypatch.setattr(localdistil.serve.served, "load_served", lambda *args, **kwargs: (
+        loading.append(threading.current_thread().name), load(*args, **kwargs))[1])
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    serve([str(adapters["classify"])])
+    assert loading == threads[:1]
+
+
 def test_at_shutdown_each_model_logs_its_requests_and_batches(adapters, caplog):
     from openai import OpenAI
 

@@ -59,13 +59,15 @@ def serve(targets: Sequence[str], *, base: Sequence[str] | str | None = None,
         from localdistil.serve.app import create_app
     except ImportError as error:
         raise LocaldistilError(f"serve needs FastAPI and uvicorn ({error}): {INSTALL}") from error
+    from localdistil.serve.batcher import engine_thread
     from localdistil.serve.served import load_served
 
     if not is_loopback(host) and not api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach this "
               "address can use the models. Pass --api-key KEY, or bind 127.0.0.1.",
               file=sys.stderr)
-    served = load_served(targets, base=base)
+    # loaded in the thread that will decode with them (see engine_thread)
+    served = engine_thread().submit(load_served, targets, base=base).result()
     app = create_app(served, api_key=api_key, max_batch=max_batch, batch_wait_ms=batch_wait_ms)
     for model in served:
         print(f"serving {model.name:<24} {model.kind} {model.reference}", file=sys.stderr)
