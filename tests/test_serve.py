@@ -496,8 +496,12 @@ def test_one_thread_loads_the_served_models_and_makes_every_engine_call(client, 
 
     loading = []
     load = localdistil.serve.served.load_served
-    monkeypatch.setattr(localdistil.serve.served, "load_served", lambda *args, **kwargs: (
-        loading.append(threading.current_thread().name), load(*args, **kwargs))[1])
+
+    def recording_load(*args, **kwargs):
+        loading.append(threading.current_thread().name)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(localdistil.serve.served, "load_served", recording_load)
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
     serve([str(adapters["classify"])])
     assert loading == threads[:1]
